@@ -1,0 +1,295 @@
+"""Training configuration: a typed schema, YAML files and dotted `key=value` overrides.
+
+A config file has three sections::
+
+    model: ...   # architecture or pretrained folder, read by the model core (`RGBDPortraitModel.from_config`)
+    data:  ...   # DataConfig
+    train: ...   # TrainConfig, with one sub-section per stage (`codec`, `joint`)
+
+`load_config` merges the file and the overrides onto the schema, so an unknown key, a value of the wrong
+type or an impossible value is a one-line `UserInputError` before any work starts. Model-specific defaults
+(resolution, prediction type, noise schedule) live in the model section, not here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rgbd_portrait.errors import UserInputError
+
+STAGES = ("codec", "joint")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class SynthesisConfig:
+    """How to render the synthetic data set when `data.root` does not exist yet."""
+
+    identities: int = 48
+    samples_per_identity: int = 6
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    root: str = MISSING
+    # Square side in pixels; None uses the model's default resolution.
+    resolution: int | None = None
+    train_split: str = "train"
+    validation_split: str = "val"
+    num_workers: int = 0
+    # Render the data set with the synthetic studio when `root` is missing; None makes a missing root an error.
+    synthesize: SynthesisConfig | None = None
+    # Encode the training set once with the (frozen) VAE and train the joint stage on the stored latents.
+    cache_latents: bool = False
+    # Where the latent cache lives; None puts it under the run's output folder.
+    cache_dir: str | None = None
+    # Size of the fixed validation set (the first samples of the validation split, in a stable order).
+    validation_samples: int = 4
+
+
+@dataclass
+class StageConfig:
+    """Settings shared by both stages. `batch_size` is per process and per micro-batch."""
+
+    max_steps: int = 1000
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 1e-2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    # None disables clipping.
+    max_grad_norm: float | None = 1.0
+    # None disables the exponential moving average of the weights.
+    ema_decay: float | None = None
+    # 0 disables periodic checkpoints (the stage's final model is always written).
+    checkpoint_every: int = 500
+    # 0 disables validation.
+    validate_every: int = 500
+
+
+@dataclass
+class CodecStageConfig(StageConfig):
+    """The autoencoder stage: reconstruction (L1) + KL + an optional image-gradient (edge) term."""
+
+    kl_weight: float = 1e-6
+    edge_weight: float = 0.0
+    # Relative weight of the depth reconstructions against the RGB ones.
+    depth_weight: float = 1.0
+
+
+@dataclass
+class TaskProbabilities:
+    """Per-sample probability of each task; they must sum to 1."""
+
+    joint: float = 0.4
+    image_to_depth: float = 0.3
+    depth_to_image: float = 0.3
+
+
+@dataclass
+class JointStageConfig(StageConfig):
+    """The diffusion stage: backbone + reference net on latents, with a frozen VAE."""
+
+    tasks: TaskProbabilities = field(default_factory=TaskProbabilities)
+    # Probability of dropping the reference for a sample (trains the unconditional branch of guidance).
+    reference_dropout: float = 0.1
+    # Weight of background latents in the loss: 1 = plain loss everywhere, 0 = foreground only.
+    background_loss_weight: float = 1.0
+    # Denoising steps of the validation samples; None uses the model's default.
+    validation_inference_steps: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = MISSING
+    seed: int = 0
+    stages: list[str] = field(default_factory=lambda: ["joint"])
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    # A checkpoint folder, "latest" (the newest checkpoint under output_dir), or None for a fresh run.
+    resume: str | None = None
+    codec: CodecStageConfig = field(default_factory=CodecStageConfig)
+    joint: JointStageConfig = field(default_factory=JointStageConfig)
+
+
+@dataclass
+class ExperimentConfig:
+    model: dict[str, Any] = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def stage(self, name: str) -> CodecStageConfig | JointStageConfig:
+        return getattr(self.train, name)
+
+
+def _describe(error: OmegaConfBaseException) -> str:
+    """OmegaConf's first message line, with the dotted key it concerns."""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    key = getattr(error, "full_key", None)
+    return f"{message} (key {key})" if key and str(key) not in message else message
+
+
+def _parse_overrides(overrides: Sequence[str]) -> Any:
+    for override in overrides:
+        key, separator, _ = override.partition("=")
+        if not separator or not key.strip():
+            raise UserInputError(f"override {override!r}: expected key=value, e.g. train.seed=1")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as error:
+        raise UserInputError(f"overrides: {_describe(error)}") from error
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read a YAML config (or only overrides when `path` is None) and check it against the schema."""
+    merged = OmegaConf.structured(ExperimentConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserInputError(f"{path}: config file not found")
+        try:
+            file_config = OmegaConf.load(path)
+        except Exception as error:  # yaml raises its own error types; all mean the same to the user
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UserInputError(f"{path}: cannot parse YAML ({first_line})") from error
+        try:
+            merged = OmegaConf.merge(merged, file_config)
+        except OmegaConfBaseException as error:
+            raise UserInputError(f"{path}: {_describe(error)}") from error
+    try:
+        merged = OmegaConf.merge(merged, _parse_overrides(overrides))
+    except OmegaConfBaseException as error:
+        raise UserInputError(f"overrides: {_describe(error)}") from error
+    source = str(path) if path is not None else "config"
+    try:
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise UserInputError(f"{source}: {_describe(error)}") from error
+    check_config(config, source=source)
+    return config
+
+
+def _require(condition: bool, source: str, message: str) -> None:
+    if not condition:
+        raise UserInputError(f"{source}: {message}")
+
+
+def _check_stage(stage: StageConfig, name: str, source: str) -> None:
+    prefix = f"train.{name}"
+    _require(stage.max_steps > 0, source, f"{prefix}.max_steps must be positive, got {stage.max_steps}")
+    _require(stage.batch_size > 0, source, f"{prefix}.batch_size must be positive, got {stage.batch_size}")
+    _require(
+        stage.gradient_accumulation_steps > 0,
+        source,
+        f"{prefix}.gradient_accumulation_steps must be positive, got {stage.gradient_accumulation_steps}",
+    )
+    _require(
+        stage.learning_rate > 0 and math.isfinite(stage.learning_rate),
+        source,
+        f"{prefix}.learning_rate must be a positive number, got {stage.learning_rate}",
+    )
+    _require(
+        stage.lr_schedule in LR_SCHEDULES,
+        source,
+        f"{prefix}.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {stage.lr_schedule!r}",
+    )
+    _require(stage.warmup_steps >= 0, source, f"{prefix}.warmup_steps must be >= 0, got {stage.warmup_steps}")
+    _require(
+        stage.max_grad_norm is None or stage.max_grad_norm > 0,
+        source,
+        f"{prefix}.max_grad_norm must be positive or null, got {stage.max_grad_norm}",
+    )
+    _require(
+        stage.ema_decay is None or 0.0 < stage.ema_decay < 1.0,
+        source,
+        f"{prefix}.ema_decay must be in (0, 1) or null, got {stage.ema_decay}",
+    )
+    for cadence in ("checkpoint_every", "validate_every"):
+        value = getattr(stage, cadence)
+        _require(value >= 0, source, f"{prefix}.{cadence} must be >= 0, got {value}")
+
+
+def check_config(config: ExperimentConfig, *, source: str = "config") -> None:
+    """Value checks the type schema cannot express; raises a one-line `UserInputError`."""
+    train, data = config.train, config.data
+    _require(bool(config.model), source, "the model section is empty")
+    _require(bool(train.stages), source, "train.stages is empty; use codec, joint or both")
+    for stage in train.stages:
+        _require(stage in STAGES, source, f"train.stages: unknown stage {stage!r}; use {' and/or '.join(STAGES)}")
+    _require(
+        list(train.stages) == [stage for stage in STAGES if stage in train.stages],
+        source,
+        f"train.stages must list each stage once, in the order {', '.join(STAGES)}",
+    )
+    _require(
+        train.mixed_precision in MIXED_PRECISION,
+        source,
+        f"train.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {train.mixed_precision!r}",
+    )
+    _require(
+        train.keep_checkpoints > 0, source, f"train.keep_checkpoints must be positive, got {train.keep_checkpoints}"
+    )
+    _require(train.log_every > 0, source, f"train.log_every must be positive, got {train.log_every}")
+    for name in STAGES:
+        _check_stage(config.stage(name), name, source)
+    codec = train.codec
+    for weight in ("kl_weight", "edge_weight", "depth_weight"):
+        value = getattr(codec, weight)
+        _require(value >= 0, source, f"train.codec.{weight} must be >= 0, got {value}")
+    joint = train.joint
+    probabilities = [joint.tasks.joint, joint.tasks.image_to_depth, joint.tasks.depth_to_image]
+    _require(min(probabilities) >= 0, source, "train.joint.tasks: probabilities must be >= 0")
+    _require(
+        abs(sum(probabilities) - 1.0) < 1e-6,
+        source,
+        f"train.joint.tasks: probabilities must sum to 1, got {sum(probabilities):g}",
+    )
+    _require(
+        0.0 <= joint.reference_dropout <= 1.0,
+        source,
+        f"train.joint.reference_dropout must be in [0, 1], got {joint.reference_dropout}",
+    )
+    _require(
+        joint.background_loss_weight >= 0,
+        source,
+        f"train.joint.background_loss_weight must be >= 0, got {joint.background_loss_weight}",
+    )
+    _require(
+        joint.validation_inference_steps is None or joint.validation_inference_steps > 0,
+        source,
+        f"train.joint.validation_inference_steps must be positive or null, got {joint.validation_inference_steps}",
+    )
+    _require(
+        data.resolution is None or data.resolution > 0,
+        source,
+        f"data.resolution must be positive or null, got {data.resolution}",
+    )
+    _require(data.num_workers >= 0, source, f"data.num_workers must be >= 0, got {data.num_workers}")
+    _require(
+        data.validation_samples >= 0, source, f"data.validation_samples must be >= 0, got {data.validation_samples}"
+    )
+    if data.synthesize is not None:
+        for count in ("identities", "samples_per_identity"):
+            value = getattr(data.synthesize, count)
+            _require(value > 0, source, f"data.synthesize.{count} must be positive, got {value}")
+
+
+def config_to_yaml(config: ExperimentConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))

@@ -1,0 +1,243 @@
+"""Stand-alone parts of the training engine: config, sample order, optimizer/EMA state, checkpoints, logs."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.training.checkpointing import (
+    CheckpointWriter,
+    TrainingState,
+    list_checkpoints,
+    read_checkpoint,
+    read_training_state,
+    restore_process_rng,
+)
+from rgbd_portrait.training.config import load_config
+from rgbd_portrait.training.ema import ExponentialMovingAverage
+from rgbd_portrait.training.metrics_log import MetricsLogger
+from rgbd_portrait.training.optim import (
+    build_optimizer,
+    learning_rate_factor,
+    load_optimizer_state,
+    optimizer_state_to_files,
+)
+from rgbd_portrait.training.sampler import SampleStream, StreamBatchSampler
+from rgbd_portrait.training.seeding import derive_seed
+
+MINIMAL = "model: {name: tiny}\ndata: {root: /nowhere}\ntrain: {output_dir: /tmp/run}\n"
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(MINIMAL)
+    return path
+
+
+def test_config_overrides_and_defaults(config_file):
+    config = load_config(config_file, ["train.joint.max_steps=7", "data.resolution=64", "train.stages=[codec,joint]"])
+    assert config.train.joint.max_steps == 7
+    assert config.data.resolution == 64
+    assert config.train.stages == ["codec", "joint"]
+    assert config.train.codec.kl_weight == pytest.approx(1e-6)
+    assert config.model == {"name": "tiny"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.joint.max_step=3"], "max_step"),
+        (["trian.seed=1"], "trian"),
+        (["train.seed=abc"], "train.seed"),
+        (["train.joint.tasks.joint=0.9"], "sum to 1"),
+        (["train.stages=[joint,codec]"], "order"),
+        (["train.stages=[decoder]"], "decoder"),
+        (["train.mixed_precision=fp8"], "mixed_precision"),
+        (["train.joint.lr_schedule=linear"], "lr_schedule"),
+        (["train.codec.batch_size=0"], "batch_size"),
+        (["seed"], "key=value"),
+    ],
+)
+def test_config_errors_are_one_line(config_file, overrides, message):
+    with pytest.raises(UserInputError, match=message) as caught:
+        load_config(config_file, overrides)
+    assert "\n" not in str(caught.value)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(UserInputError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(UserInputError, match="cannot parse YAML"):
+        load_config(broken)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(MINIMAL + "extra: 1\n")
+    with pytest.raises(UserInputError, match="unknown.yaml.*extra"):
+        load_config(unknown)
+    no_model = tmp_path / "no_model.yaml"
+    no_model.write_text("data: {root: x}\ntrain: {output_dir: y}\n")
+    with pytest.raises(UserInputError, match="model"):
+        load_config(no_model)
+
+
+def test_sample_stream_is_seeded_and_covers_each_epoch():
+    stream = SampleStream(10, seed=3)
+    first_epoch = [stream.at(position)[0] for position in range(10)]
+    assert sorted(first_epoch) == list(range(10))
+    assert first_epoch != [SampleStream(10, seed=3).at(position)[0] for position in range(10, 20)]
+    assert first_epoch == [SampleStream(10, seed=3).at(position)[0] for position in range(10)]
+    assert first_epoch != [SampleStream(10, seed=4).at(position)[0] for position in range(10)]
+    assert stream.at(13)[1] == 1
+
+
+def test_batch_sampler_shards_processes_and_resumes_anywhere():
+    stream = SampleStream(5, seed=0)
+    take = lambda sampler, count: [batch for batch, _ in zip(sampler, range(count))]
+    rank0 = take(StreamBatchSampler(stream, rank=0, world_size=2, batch_size=3), 4)
+    rank1 = take(StreamBatchSampler(stream, rank=1, world_size=2, batch_size=3), 4)
+    single = take(StreamBatchSampler(stream, rank=0, world_size=1, batch_size=3), 8)
+    # Two processes together read exactly the stream one process reads, and a smaller set than a batch wraps.
+    assert [pair for a, b in zip(rank0, rank1) for pair in a + b] == [pair for batch in single for pair in batch]
+    resumed = take(StreamBatchSampler(stream, rank=1, world_size=2, batch_size=3, start_position=12), 2)
+    assert resumed == rank1[2:4]
+
+
+def test_derive_seed_depends_on_every_part():
+    seeds = {derive_seed(0, "joint", step, rank) for step in range(50) for rank in range(4)}
+    assert len(seeds) == 200
+    assert derive_seed(1, "joint", 0, 0) != derive_seed(0, "joint", 0, 0)
+    assert derive_seed(0, "joint", 3, 1) == derive_seed(0, "joint", 3, 1)
+
+
+def test_learning_rate_schedule():
+    factor = lambda step, schedule: learning_rate_factor(step, warmup_steps=4, max_steps=14, schedule=schedule)
+    assert [factor(step, "constant") for step in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert factor(4, "cosine") == pytest.approx(1.0)
+    assert factor(9, "cosine") == pytest.approx(0.5)
+    assert factor(14, "cosine") == pytest.approx(0.0, abs=1e-12)
+
+
+def _tiny_network():
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1))
+
+
+def _train_steps(network, optimizer, scheduler, steps, seed):
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        loss = network(torch.randn(8, 3, generator=generator)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_optimizer_state_round_trip_by_name(config_file, tmp_path):
+    stage = load_config(config_file, ["train.joint.warmup_steps=2"]).train.joint
+    network = _tiny_network()
+    optimizer, scheduler = build_optimizer(list(network.named_parameters()), stage)
+    _train_steps(network, optimizer, scheduler, 3, seed=0)
+    tensors, values = optimizer_state_to_files(optimizer, list(network.named_parameters()))
+    assert "0.weight/exp_avg" in tensors
+    save_file(tensors, tmp_path / "optimizer.safetensors")
+    tensors, values = load_file(tmp_path / "optimizer.safetensors"), json.loads(json.dumps(values))
+
+    copy = _tiny_network()
+    copy.load_state_dict(network.state_dict())
+    # Hand the parameters over in another order: the state must follow the names, not the positions.
+    reordered = list(reversed(list(copy.named_parameters())))
+    copy_optimizer, copy_scheduler = build_optimizer(reordered, stage)
+    load_optimizer_state(copy_optimizer, reordered, tensors, values, source="test")
+    copy_scheduler.load_state_dict(json.loads(json.dumps(scheduler.state_dict())))
+    assert _train_steps(copy, copy_optimizer, copy_scheduler, 3, seed=1) == _train_steps(
+        network, optimizer, scheduler, 3, seed=1
+    )
+
+    other = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
+    other_optimizer, _ = build_optimizer(list(other.named_parameters()), stage)
+    with pytest.raises(UserInputError, match="test: optimizer state does not match.*unexpected.*2.bias"):
+        load_optimizer_state(other_optimizer, list(other.named_parameters()), tensors, values, source="test")
+
+
+def test_ema_tracks_and_applies():
+    network = torch.nn.Linear(2, 1)
+    ema = ExponentialMovingAverage(list(network.named_parameters()), decay=0.5)
+    with torch.no_grad():
+        network.weight.fill_(1.0)
+    ema.update()  # first update: decay min(0.5, 1/10) = 0.1
+    start = ema.shadow["weight"].clone()
+    ema.update()
+    assert ema.updates == 2
+    expected = start * (2 / 11) + (1 - 2 / 11)
+    assert torch.allclose(ema.shadow["weight"], expected)
+    with ema.applied():
+        assert torch.equal(network.weight, ema.shadow["weight"])
+    assert torch.all(network.weight == 1.0)
+
+
+def test_checkpoint_writer_is_atomic_keeps_last_and_restores_rng(tmp_path):
+    network = _tiny_network()
+    named = list(network.named_parameters())
+    writer = CheckpointWriter(tmp_path / "checkpoints", rank=0, barrier=lambda: None, keep=2)
+
+    def save_model(folder):
+        folder.mkdir()
+        (folder / "weights.json").write_text("{}")
+
+    for step in (1, 2, 3):
+        torch.manual_seed(step)
+        writer.save(
+            TrainingState(stage="joint", step=step, samples_consumed=4 * step, world_size=1, seed=0),
+            save_model=save_model,
+            optimizer_files=lambda: ({"x/exp_avg": torch.zeros(2)}, {"param_groups": [], "scalars": {}}),
+            ema_tensors={name: parameter.detach() for name, parameter in named},
+        )
+        expected_draw = torch.rand(3)
+    names = [path.name for path in list_checkpoints(tmp_path / "checkpoints")]
+    assert names == ["checkpoint-00000002", "checkpoint-00000003"]
+    assert not list((tmp_path / "checkpoints").glob(".*"))
+    latest = tmp_path / "checkpoints" / names[-1]
+    contents = read_checkpoint(latest)
+    assert contents.state.samples_consumed == 12
+    assert set(contents.ema_tensors) == {name for name, _ in named}
+    torch.manual_seed(99)
+    assert restore_process_rng(latest, 0)
+    assert torch.equal(torch.rand(3), expected_draw)
+    assert not restore_process_rng(latest, 1)
+
+    def failing_model(folder):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        writer.save(
+            TrainingState(stage="joint", step=4, samples_consumed=16, world_size=1, seed=0),
+            save_model=failing_model,
+            optimizer_files=lambda: ({}, {}),
+            ema_tensors=None,
+        )
+    assert [path.name for path in list_checkpoints(tmp_path / "checkpoints")] == names
+    assert not list((tmp_path / "checkpoints").glob(".*"))
+
+
+def test_not_a_checkpoint_is_one_line_error(tmp_path):
+    with pytest.raises(UserInputError, match="not a training checkpoint"):
+        read_training_state(tmp_path)
+
+
+def test_metrics_logger_truncates_on_resume_and_grows_columns(tmp_path):
+    logger = MetricsLogger(tmp_path)
+    for step in range(1, 5):
+        logger.log("train", step, {"loss": 1.0 / step})
+    logger.log("train", 5, {"loss": 0.2, "grad_norm": 3.0})
+    logger.close()
+    header = (tmp_path / "train.csv").read_text().splitlines()[0]
+    assert header == "step,loss,grad_norm"
+    resumed = MetricsLogger(tmp_path, resume_step=2)
+    assert [row["step"] for row in resumed.read("train")] == [1, 2]
+    assert len((tmp_path / "train.csv").read_text().splitlines()) == 3
