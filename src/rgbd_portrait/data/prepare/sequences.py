@@ -77,15 +77,17 @@ def prepare_sequence(
     temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
     try:
         extract_audio(video, temporary / AUDIO_FILE, sample_rate=AUDIO_SAMPLE_RATE)
+        written = 0
         bar = tqdm(total=len(indices), desc=f"frames of {video.name}", disable=not progress, leave=False)
         for index, frame in enumerate(video_frames(video, fps=SEQUENCE_FPS)):
             if index in alignment_of:
                 frame_meta = {**meta, "frame_index": index, "time_s": index / SEQUENCE_FPS}
                 sample = preparer.sample(frame, faces[index], alignment_of[index], meta=frame_meta)
                 write_sample(temporary / FRAMES_FOLDER / frame_folder_name(index), sample)
+                written += 1
                 bar.update()
         bar.close()
-        if bar.n != len(indices):
+        if written != len(indices):
             raise RuntimeError(f"{video}: the second decoding pass gave fewer frames than the first")
         sequence_meta = {
             **meta,

@@ -1,4 +1,4 @@
-"""Pseudo-depth from any monocular depth model that transformers' depth-estimation pipeline can load.
+"""Pseudo-depth from any monocular depth model that transformers' AutoModelForDepthEstimation can load.
 
 The weights come from a local folder (for example a downloaded Depth Anything checkpoint); nothing is
 fetched. Relative models (DPT, Depth Anything "relative") predict affine-invariant inverse depth
@@ -60,24 +60,32 @@ class TransformersDepth:
         model_path = Path(model_path)
         try:
             import torch
-            from transformers import pipeline
+            from transformers import AutoImageProcessor, AutoModelForDepthEstimation
         except ImportError as error:
             raise UserInputError(
                 f"the transformers depth backend needs transformers ({error}); "
                 "install it with: pip install 'rgbd-portrait[transformers]'"
             ) from error
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._torch = torch
+        self._device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            self._pipeline = pipeline("depth-estimation", model=str(model_path), device=device)
+            self._processor = AutoImageProcessor.from_pretrained(model_path, local_files_only=True)
+            self._model = AutoModelForDepthEstimation.from_pretrained(model_path, local_files_only=True)
         except (OSError, ValueError) as error:
             raise UserInputError(f"{model_path}: cannot load the depth model ({error})") from error
-        self.output = model_output_kind(self._pipeline.model.config) if output == "auto" else output
+        self._model.to(self._device).eval()
+        self.output = model_output_kind(self._model.config) if output == "auto" else output
         self.name = f"transformers:{model_path.name}"
 
     def estimate(self, image: np.ndarray, *, face: FaceGeometry, foreground: np.ndarray) -> np.ndarray:
-        prediction = self._pipeline(Image.fromarray(image))["predicted_depth"]
-        prediction = prediction.detach().float().cpu().numpy().squeeze()
+        inputs = self._processor(images=Image.fromarray(image), return_tensors="pt")
+        inputs = inputs.to(self._model.dtype).to(self._device)
+        with self._torch.inference_mode():
+            outputs = self._model(**inputs)
+        # As in transformers' depth-estimation pipeline: ZoeDepth reads this list as source sizes, the other
+        # models as target sizes.
+        prediction = self._processor.post_process_depth_estimation(outputs, [image.shape[:2]])[0]["predicted_depth"]
+        prediction = prediction.float().cpu().numpy().squeeze()
         if prediction.shape != image.shape[:2]:
             cv2 = import_cv2()
             prediction = cv2.resize(prediction, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
