@@ -1,0 +1,239 @@
+"""Relighting a portrait from its normals: estimate the original light, divide it out, shade with a new one.
+
+Maps are channels-first torch tensors with any leading batch dimensions: images (..., 3, H, W) in [0, 1],
+camera-space unit normals (..., 3, H, W) (zero where undefined, as `normals_from_depth` leaves them), masks
+(..., H, W). Shading follows `rgbd_portrait.geometry.shading`: an image is albedo × shading.
+
+The model is Lambertian with a constant albedo, so the original lighting is a least-squares fit of 9
+spherical-harmonic coefficients per colour channel (optionally reweighted to ignore cast shadows and
+highlights, which the model cannot explain). A single image cannot separate the albedo's brightness from
+the light's strength, so the estimated light is assumed to be as strong as the new one, strength meaning
+the peak shading over the subject's normals: relighting moves the light and keeps the brightest lit point
+as bright. The input's overall colour stays in the albedo. With the original light known (e.g. a synthetic
+sample's), pass it instead and the division is exact.
+
+Light directions use `direction_from_angles`: azimuth 0 = from the camera, positive = from the image's
+right; elevation positive = from above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.geometry.shading import (
+    NUM_SH_COEFFICIENTS,
+    direction_from_angles,
+    lambert_sh_basis,
+    shade_directional,
+    shade_sh,
+)
+
+WHITE = (1.0, 1.0, 1.0)
+DEFAULT_AMBIENT = 0.2
+# Below this fraction of the peak, shading is too dark to divide by reliably (terminator, deep shadow).
+DEFAULT_MIN_SHADING_FRACTION = 0.05
+ROBUST_ITERATIONS = 3
+# Tukey's biweight constant (95 % efficiency for Gaussian residuals) and MAD → standard deviation.
+_TUKEY_C = 4.685
+_MAD_TO_SIGMA = 1.4826
+_MIN_RESIDUAL_SCALE = 1e-3
+# Ridge on the normal equations, relative to their mean diagonal: keeps a fit from a few distinct normals
+# (a plane has one) solvable without changing a well-posed one.
+_RIDGE = 1e-6
+
+
+@dataclass(frozen=True)
+class DirectionalLight:
+    """A distant lamp: `direction` points from the subject towards it (camera space, normalised on use)."""
+
+    direction: tuple[float, float, float]
+    intensity: float = 1.0
+    color: tuple[float, float, float] = WHITE
+
+    @classmethod
+    def from_angles(
+        cls,
+        azimuth_degrees: float,
+        elevation_degrees: float,
+        *,
+        intensity: float = 1.0,
+        color: tuple[float, float, float] = WHITE,
+    ) -> DirectionalLight:
+        direction = tuple(direction_from_angles(azimuth_degrees, elevation_degrees).tolist())
+        return cls(direction=direction, intensity=intensity, color=color)
+
+
+@dataclass(frozen=True)
+class Lighting:
+    """A sum of distant light: directional lamps, a uniform ambient radiance and an SH environment.
+
+    `sh_coefficients` are radiance coefficients (9,) for white light or (9, 3) per colour channel.
+    """
+
+    lamps: tuple[DirectionalLight, ...] = ()
+    ambient: float = 0.0
+    ambient_color: tuple[float, float, float] = WHITE
+    sh_coefficients: torch.Tensor | None = None
+
+    def shade(self, normals: torch.Tensor) -> torch.Tensor:
+        """Shading (..., 3, H, W) of unit normals (..., 3, H, W)."""
+        vectors = normals.movedim(-3, -1)
+        shading = torch.as_tensor(self.ambient_color, dtype=normals.dtype, device=normals.device) * self.ambient
+        shading = shading.expand(*vectors.shape[:-1], 3)
+        for lamp in self.lamps:
+            color = torch.as_tensor(lamp.color, dtype=normals.dtype, device=normals.device)
+            direction = torch.as_tensor(lamp.direction, dtype=normals.dtype, device=normals.device)
+            lit = shade_directional(vectors, direction, intensity=lamp.intensity)
+            shading = shading + lit[..., None] * color
+        if self.sh_coefficients is not None:
+            environment = shade_sh(vectors, self.sh_coefficients)
+            shading = shading + (environment[..., None] if self.sh_coefficients.ndim == 1 else environment)
+        return shading.movedim(-1, -3)
+
+
+def _lamp(azimuth: float, elevation: float, intensity: float) -> DirectionalLight:
+    return DirectionalLight.from_angles(azimuth, elevation, intensity=intensity)
+
+
+# Named lights, white, with a peak shading of about 1. "left" and "right" are the image's sides.
+LIGHT_PRESETS: dict[str, Lighting] = {
+    "front": Lighting(lamps=(_lamp(0.0, 15.0, 0.8),), ambient=0.2),
+    "left": Lighting(lamps=(_lamp(-70.0, 15.0, 0.8),), ambient=0.2),
+    "right": Lighting(lamps=(_lamp(70.0, 15.0, 0.8),), ambient=0.2),
+    "top": Lighting(lamps=(_lamp(0.0, 70.0, 0.8),), ambient=0.2),
+    # two lamps behind the subject light its outline; the face stays dim
+    "rim": Lighting(lamps=(_lamp(-120.0, 20.0, 0.7), _lamp(120.0, 20.0, 0.7)), ambient=0.3),
+    # key light high on the image's left, a soft fill on the right, a hair light from behind
+    "studio": Lighting(lamps=(_lamp(-35.0, 30.0, 0.65), _lamp(50.0, 5.0, 0.25), _lamp(160.0, 45.0, 0.3)), ambient=0.15),
+}
+
+
+def resolve_lighting(
+    light: Lighting | DirectionalLight | str | torch.Tensor, *, ambient: float = DEFAULT_AMBIENT
+) -> Lighting:
+    """A `Lighting` from a preset name, a lamp (plus `ambient`), SH coefficients (9,) or (9, 3), or itself."""
+    if isinstance(light, Lighting):
+        return light
+    if isinstance(light, DirectionalLight):
+        return Lighting(lamps=(light,), ambient=ambient)
+    if isinstance(light, str):
+        try:
+            return LIGHT_PRESETS[light.lower()]
+        except KeyError:
+            raise UserInputError(f"light {light!r} is not a preset; choose one of {', '.join(LIGHT_PRESETS)}") from None
+    if isinstance(light, torch.Tensor):
+        if light.shape not in ((NUM_SH_COEFFICIENTS,), (NUM_SH_COEFFICIENTS, 3)):
+            raise UserInputError(f"light: SH coefficients must be (9,) or (9, 3), got {tuple(light.shape)}")
+        return Lighting(sh_coefficients=light)
+    raise TypeError(f"cannot make a Lighting from {type(light).__name__}")
+
+
+def _fit_region(normals: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Pixels (..., H, W) with a defined normal, inside the mask."""
+    region = normals.norm(dim=-3) > 0.5
+    if mask is not None:
+        region = region & mask.to(torch.bool)
+    empty = ~region.flatten(-2).any(dim=-1)
+    if empty.any():
+        raise ValueError("no pixel has both a defined normal and the mask; nothing to relight")
+    return region
+
+
+def _weighted_sh_fit(basis: torch.Tensor, values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted least squares basis (..., P, 9) · L ≈ values (..., P, 3) → L (..., 9, 3)."""
+    weighted = basis * weights[..., None]
+    gram = weighted.transpose(-1, -2) @ basis
+    ridge = _RIDGE * gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
+    gram = gram + ridge[..., None, None] * torch.eye(NUM_SH_COEFFICIENTS, dtype=basis.dtype, device=basis.device)
+    return torch.linalg.solve(gram, weighted.transpose(-1, -2) @ values)
+
+
+def estimate_sh_lighting(
+    image: torch.Tensor,
+    normals: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    robust: bool = True,
+) -> torch.Tensor:
+    """Least-squares SH lighting (..., 9, 3) that, through `shade_sh`, best reproduces the image.
+
+    Under the constant-albedo assumption the coefficients absorb the albedo: `shade_sh(n, L)` is the image's
+    smooth shading layer, in image units. `robust` reweights pixels by Tukey's biweight of their residual
+    (a few iterations), so cast shadows and highlights do not bend the fit.
+    """
+    region = _fit_region(normals, mask)
+    # float64: the normal equations of a hemisphere of normals are poorly conditioned
+    basis = lambert_sh_basis(normals.movedim(-3, -1).to(torch.float64)).flatten(-3, -2)
+    values = image.movedim(-3, -1).to(torch.float64).flatten(-3, -2)
+    inside = region.flatten(-2).to(torch.float64)
+    coefficients = _weighted_sh_fit(basis, values, inside)
+    for _ in range(ROBUST_ITERATIONS if robust else 0):
+        residual = (values - basis @ coefficients).mean(dim=-1)
+        absolute = torch.where(inside > 0, residual.abs(), torch.full_like(residual, float("nan")))
+        scale = (_MAD_TO_SIGMA * absolute.nanmedian(dim=-1).values).clamp_min(_MIN_RESIDUAL_SCALE)
+        normalized = residual / (_TUKEY_C * scale[..., None])
+        weights = inside * ((1.0 - normalized**2).clamp_min(0.0) ** 2)
+        coefficients = _weighted_sh_fit(basis, values, weights)
+    return coefficients.to(image.dtype)
+
+
+def sh_shading(normals: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """Shading (..., 3, H, W) of normals (..., 3, H, W) under per-image SH coefficients (..., 9, 3)."""
+    basis = lambert_sh_basis(normals.movedim(-3, -1).to(coefficients.dtype))
+    shading = basis.flatten(-3, -2) @ coefficients
+    return shading.unflatten(-2, basis.shape[-3:-1]).movedim(-1, -3)
+
+
+def _peak(shading: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """Per-channel maximum (..., 3) of shading (..., 3, H, W) over the region (..., H, W)."""
+    inside = torch.where(region.unsqueeze(-3), shading, torch.full_like(shading, float("-inf")))
+    return inside.amax(dim=(-2, -1))
+
+
+@dataclass
+class RelightingResult:
+    """All maps are (..., 3, H, W) except `region` (..., H, W), the pixels that were relit."""
+
+    image: torch.Tensor  # relit, in [0, 1]; the input's pixels outside `region`
+    albedo: torch.Tensor  # input / original shading, zero outside `region`
+    original_shading: torch.Tensor  # given, or estimated and scaled as the module docstring says
+    new_shading: torch.Tensor
+    region: torch.Tensor
+
+
+def relight(
+    image: torch.Tensor,
+    normals: torch.Tensor,
+    light: Lighting | DirectionalLight | str | torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    original_light: Lighting | DirectionalLight | str | torch.Tensor | None = None,
+    robust: bool = True,
+    min_shading_fraction: float = DEFAULT_MIN_SHADING_FRACTION,
+) -> RelightingResult:
+    """Relight `image` under `light` (see `resolve_lighting`), estimating its original light unless given.
+
+    The albedo is the image divided by the original shading, which is clamped from below at
+    `min_shading_fraction` of its peak so that near-black pixels do not blow up.
+    """
+    region = _fit_region(normals, mask)
+    new_shading = resolve_lighting(light).shade(normals).to(image.dtype)
+    if original_light is None:
+        coefficients = estimate_sh_lighting(image, normals, mask=region, robust=robust)
+        fitted = sh_shading(normals, coefficients)
+        fitted_peak = _peak(fitted, region).clamp_min(1e-6)
+        new_peak = _peak(new_shading, region).mean(dim=-1, keepdim=True)
+        original_shading = fitted * (new_peak / fitted_peak)[..., None, None]
+    else:
+        original_shading = resolve_lighting(original_light).shade(normals).to(image.dtype)
+    floor = min_shading_fraction * _peak(original_shading, region).clamp_min(1e-6)
+    albedo = image / torch.maximum(original_shading, floor[..., None, None])
+    inside = region.unsqueeze(-3)
+    albedo = torch.where(inside, albedo.clamp_min(0.0), torch.zeros_like(albedo))
+    relit = torch.where(inside, (albedo * new_shading).clamp(0.0, 1.0), image)
+    return RelightingResult(
+        image=relit, albedo=albedo, original_shading=original_shading, new_shading=new_shading, region=region
+    )
