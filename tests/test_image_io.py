@@ -2,6 +2,7 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from scipy.ndimage import binary_dilation, binary_erosion
 
@@ -25,6 +26,7 @@ from rgbd_portrait.data.image_io import (
 )
 from rgbd_portrait.data.sample_format import decode_normals
 from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.geometry.camera import CameraIntrinsics, unproject_depth
 
 
 def _gradient(height=6, width=8):
@@ -304,6 +306,19 @@ def test_resizing_images_depth_and_masks():
     assert (back_mask <= binary_dilation(mask)).all() and (binary_erosion(mask) <= back_mask).all()
     back_uint8 = fit.to_input_size(to_uint8_rgb(small_image))
     assert back_uint8.dtype == np.uint8 and back_uint8.shape == (64, 96, 3)
+
+
+def test_output_intrinsics_follow_the_crop_and_resize():
+    intrinsics = CameraIntrinsics(fx=80.0, fy=80.0, cx=45.0, cy=30.0)
+    fit = plan_square_fit(60, 100, 30, center=(40.0, 30.0))  # the window starts at column 10, halved
+    cropped = fit.output_intrinsics(intrinsics)
+    assert (cropped.fx, cropped.fy, cropped.cx, cropped.cy) == (40.0, 40.0, 17.5, 15.0)
+    # output pixel (0, 0) covers input pixels (0–1, 10–11): its centre is half an input pixel right of and
+    # below that of input pixel (0, 10), and the two cameras must agree on where it looks
+    depth = np.full((60, 100), 2.0, np.float32)
+    points = unproject_depth(torch.from_numpy(fit.apply(depth, interpolation="nearest")), cropped)
+    input_points = unproject_depth(torch.from_numpy(depth), intrinsics)
+    np.testing.assert_allclose(points[:, 0, 0], input_points[:, 0, 10] + torch.tensor([0.5 / 80 * 2, -0.5 / 80 * 2, 0]))
 
 
 def test_square_fit_rejects_bad_arguments():

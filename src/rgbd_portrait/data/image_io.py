@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from rgbd_portrait.data.sample_format import encode_normals
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
+from rgbd_portrait.geometry.camera import CameraIntrinsics
 
 WHITE = (1.0, 1.0, 1.0)
 MIN_IMAGE_SIDE = 2
@@ -236,6 +237,16 @@ class SquareFit:
         top, left = self.top + before_rows, self.left + before_columns
         window = padded[top : top + self.side, left : left + self.side]
         return _resize(window, self.output_side, self.output_side, interpolation)
+
+    def output_intrinsics(self, intrinsics: CameraIntrinsics) -> CameraIntrinsics:
+        """The camera of the fitted square, given the input's: shifted by the window, scaled by the resize."""
+        scale = self.output_side / self.side
+        return CameraIntrinsics(
+            fx=intrinsics.fx * scale,
+            fy=intrinsics.fy * scale,
+            cx=(intrinsics.cx - self.left) * scale,
+            cy=(intrinsics.cy - self.top) * scale,
+        )
 
     def to_input_size(
         self, array: np.ndarray, *, interpolation: Interpolation = "bilinear", fill: float = 0.0
