@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
 from rgbd_portrait.errors import UserInputError
@@ -21,8 +20,6 @@ def _import_optional(module_name: str, package: str) -> ModuleType:
 
 
 def import_mediapipe() -> ModuleType:
-    # MediaPipe's C++ side logs every graph start to stderr; keep warnings and errors only.
-    os.environ.setdefault("GLOG_minloglevel", "2")
     return _import_optional("mediapipe", "MediaPipe")
 
 

@@ -1,4 +1,4 @@
-"""Reading photos and videos: RGB frames at a fixed rate and the audio track, through ffmpeg."""
+"""Reading videos through ffmpeg: RGB frames at a fixed rate and the audio track; the suffixes prepared."""
 
 from __future__ import annotations
 
@@ -10,21 +10,11 @@ from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
-from PIL import Image, ImageOps
 
 from rgbd_portrait.errors import UserInputError
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v")
-
-
-def read_photo(path: str | os.PathLike) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, turned upright by its EXIF orientation."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as error:
-        raise UserInputError(f"{path}: cannot read image ({error})") from error
 
 
 @dataclass(frozen=True)

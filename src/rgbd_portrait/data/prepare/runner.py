@@ -26,10 +26,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from rgbd_portrait.data.image_io import load_image, to_uint8_rgb
 from rgbd_portrait.data.prepare.backends import check_depth_backend_options, create_depth_backend
 from rgbd_portrait.data.prepare.dependencies import import_cv2, import_mediapipe
 from rgbd_portrait.data.prepare.inputs import InputFile, find_inputs, split_for
-from rgbd_portrait.data.prepare.media import read_photo
 from rgbd_portrait.data.prepare.portrait import PortraitPreparer
 from rgbd_portrait.data.prepare.sequences import prepare_sequence
 from rgbd_portrait.data.sample_format import is_sample, write_sample
@@ -145,7 +145,7 @@ def _base_meta(item: InputFile, identity: str, options: PrepareOptions) -> dict[
 
 
 def _prepare_photo(preparer: PortraitPreparer, item: InputFile, options: PrepareOptions, out_dir: Path) -> FileOutcome:
-    image = read_photo(item.path)
+    image = to_uint8_rgb(load_image(item.path))
     faces = preparer.find_faces(image)
     outcome = FileOutcome(source=str(item.path), is_video=False, faces_found=len(faces))
     for index, face in enumerate(faces if options.all_faces else faces[:1]):
