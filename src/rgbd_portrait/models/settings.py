@@ -31,7 +31,10 @@ DEFAULT_SCHEDULER: dict[str, Any] = {
 }
 # Scheduler entries that define the noise levels a UNet was trained with (carried over from a base model).
 NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "trained_betas")
-SETTING_KEYS = ("prediction_type", "scheduler", "default_steps", "resolution")
+SETTING_KEYS = ("prediction_type", "scheduler", "default_steps", "resolution", "depth_steps", "ensemble_size")
+# Image→depth steps when the schedule's timesteps are "trailing": the first step then starts from pure noise and
+# a few steps suffice (Marigold's recipe); other schedules use `default_steps`.
+FEW_STEP_DEPTH_STEPS = 4
 
 
 def scheduler_class(class_name: str, *, source: str) -> type[SchedulerMixin]:
@@ -47,12 +50,21 @@ def _accepted_arguments(cls: type) -> set[str]:
 
 @dataclass
 class ModelSettings:
-    """Everything about a model that is not weights. `resolution` is the default square side in pixels."""
+    """Everything about a model that is not weights. `resolution` is the default square side in pixels;
+    `depth_steps` and `ensemble_size` are image→depth's defaults (denoising steps, predictions combined per
+    image); `depth_steps=None` resolves to `FEW_STEP_DEPTH_STEPS` for trailing timesteps, else `default_steps`."""
 
     prediction_type: str = "v_prediction"
     scheduler: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SCHEDULER))
     default_steps: int = 20
     resolution: int = 512
+    depth_steps: int | None = None
+    ensemble_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.depth_steps is None:
+            trailing = self.scheduler.get("timestep_spacing") == "trailing"
+            self.depth_steps = FEW_STEP_DEPTH_STEPS if trailing else self.default_steps
 
     @classmethod
     def from_mapping(
@@ -83,6 +95,8 @@ class ModelSettings:
             scheduler=scheduler,
             default_steps=values.get("default_steps", defaults.default_steps),
             resolution=values.get("resolution", defaults.resolution),
+            depth_steps=values.get("depth_steps"),
+            ensemble_size=values.get("ensemble_size", defaults.ensemble_size),
         )
         settings.check(source=source)
         return settings
@@ -97,7 +111,7 @@ class ModelSettings:
                 f"{source}: a zero-terminal-SNR schedule (scheduler.rescale_betas_zero_snr) needs "
                 f"prediction_type v_prediction or sample, not epsilon"
             )
-        for name in ("default_steps", "resolution"):
+        for name in ("default_steps", "resolution", "depth_steps", "ensemble_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise UserInputError(f"{source}: {name} must be a positive integer, got {value!r}")
