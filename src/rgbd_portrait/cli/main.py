@@ -11,7 +11,7 @@ from rgbd_portrait.errors import UserInputError
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func` to a callable taking
 # the parsed arguments. Modules are imported only when listed here, so adding a command is one line.
-COMMAND_MODULES = ("rgbd_portrait.cli.synth", "rgbd_portrait.cli.prepare")
+COMMAND_MODULES = ("rgbd_portrait.cli.synth", "rgbd_portrait.cli.prepare", "rgbd_portrait.cli.init")
 
 
 def build_parser() -> argparse.ArgumentParser:
