@@ -23,6 +23,8 @@ settings::
     scheduler: {class_name: DDIMScheduler, ...}   # merged over settings.DEFAULT_SCHEDULER
     default_steps: 20
     resolution: 512               # default: the UNet's sample_size × the VAE's downscale factor
+    depth_steps: 4                # image→depth; default: 4 with trailing timesteps, else default_steps
+    ensemble_size: 1              # image→depth predictions aligned and combined per image
 
 With `stable_diffusion`, `backbone` and `vae` entries are checked against the folder's configs.
 """
