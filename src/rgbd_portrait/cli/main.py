@@ -11,7 +11,12 @@ from rgbd_portrait.errors import UserInputError
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func` to a callable taking
 # the parsed arguments. Modules are imported only when listed here, so adding a command is one line.
-COMMAND_MODULES = ("rgbd_portrait.cli.synth", "rgbd_portrait.cli.prepare", "rgbd_portrait.cli.init")
+COMMAND_MODULES = (
+    "rgbd_portrait.cli.synth",
+    "rgbd_portrait.cli.prepare",
+    "rgbd_portrait.cli.init",
+    "rgbd_portrait.cli.train",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
