@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,8 +75,9 @@ def find_inputs(
 
 def _named_inputs(found: list[tuple[Path, tuple[str, ...]]], *, identity_from: str) -> list[InputFile]:
     stems = ["__".join([*parts[:-1], Path(parts[-1]).stem]) for _, parts in found]
+    stem_counts = Counter(stems)
     names = [
-        stem if stems.count(stem) == 1 else f"{stem}_{path.suffix.lstrip('.').lower()}"
+        stem if stem_counts[stem] == 1 else f"{stem}_{path.suffix.lstrip('.').lower()}"
         for stem, (path, _) in zip(stems, found)
     ]
     first_with_name: dict[str, Path] = {}
