@@ -51,3 +51,15 @@ def test_existing_sample_is_not_overwritten_by_default(tmp_path):
 def test_not_a_sample(tmp_path):
     with pytest.raises(UserInputError, match="not a sample folder"):
         read_sample(tmp_path)
+
+
+def test_sample_folder_follows_umask(tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        write_sample(tmp_path / "s0", _sample())
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "s0").stat().st_mode) == 0o755
