@@ -123,7 +123,12 @@ def _replace_with(temporary: Path, directory: Path) -> None:
 
 def _temporary_folder(directory: Path) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    # mkdtemp makes the folder private; a data set follows the user's umask like any other folder.
+    umask = os.umask(0)
+    os.umask(umask)
+    temporary.chmod(0o777 & ~umask)
+    return temporary
 
 
 def write_sample(directory: str | os.PathLike, sample: PortraitSample, *, overwrite: bool = False) -> Path:
