@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -171,3 +172,25 @@ def test_pretrained_entry_loads_a_checkpoint(saved, tmp_path):
     config.write_text(f"model:\n  pretrained: {saved[1]}\n")
     loaded = RGBDPortraitModel.from_config(read_model_section(config))
     assert torch.equal(_outputs(saved[0]), _outputs(loaded))
+
+
+# Parameter counts of the diffusers Stable Diffusion UNet and VAE (SD 1.5 and SD 2.1 share the VAE).
+SD15_UNET_PARAMETERS = 859_520_964
+SD21_UNET_PARAMETERS = 865_910_724
+SD_VAE_PARAMETERS = 83_653_863
+
+
+@pytest.mark.parametrize("name", ["tiny", "sd15", "sd21"])
+def test_shipped_configs_build(name):
+    section = read_model_section(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    with torch.device("meta"):  # architecture only: no memory, no initialisation
+        model = RGBDPortraitModel.from_config(section, source=f"{name}.yaml")
+    count = lambda module: sum(parameter.numel() for parameter in module.parameters())
+    assert model.latent_channels == 4 and model.prediction_type == "v_prediction"
+    assert model.resolution == {"tiny": 128, "sd15": 512, "sd21": 768}[name]
+    assert model.resolution == model.backbone.config.sample_size * model.codec.downscale_factor
+    if name != "tiny":
+        base = {"sd15": SD15_UNET_PARAMETERS, "sd21": SD21_UNET_PARAMETERS}[name]
+        # The expanded backbone adds 14 input channels to conv_in (320·14·3·3) and 4 outputs to conv_out.
+        assert count(model.backbone) == base + 320 * 14 * 9 + 4 * 320 * 9 + 4
+        assert count(model.vae) == SD_VAE_PARAMETERS
