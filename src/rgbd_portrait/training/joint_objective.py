@@ -1,0 +1,102 @@
+"""The joint stage's diffusion objective on `[rgb, depth]` latents, with one task per sample.
+
+For a batch of clean latents x0 (B, 2C, h, w) the objective draws, from one seeded generator:
+
+* a task per sample (joint / image→depth / depth→image, with the configured probabilities),
+* a timestep per sample, uniform over the training schedule, and Gaussian noise ε,
+* a reference-dropout flag per sample (the sample then ignores its reference: the unconditional branch of
+  classifier-free guidance).
+
+Both modalities are noised to x_t at the sample's timestep, including a known one: the sampler does the same,
+replacing the known modality's noisy channels by the known latent noised to the current timestep, so the
+backbone always sees a consistent x_t. The known channels carry the clean known latent. The target is ε or
+v = α·ε − σ·x0 (the scheduler's `prediction_type`), and the loss is a weighted mean squared error over the
+*unknown* modalities only, with background latents weighted by `background_loss_weight`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from rgbd_portrait.models.layout import Task, expand_masks, task_masks
+from rgbd_portrait.training.config import JointStageConfig, TaskProbabilities
+
+
+def latent_foreground(mask: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+    """Pixel mask (B, 1, H, W) in {0, 1} → the foreground fraction of each latent cell (B, 1, h, w)."""
+    return F.adaptive_avg_pool2d(mask.float(), latent_size)
+
+
+def sample_tasks(probabilities: TaskProbabilities, batch_size: int, generator: torch.Generator) -> list[Task]:
+    tasks = list(Task)
+    weights = torch.tensor([getattr(probabilities, task.value) for task in tasks], device=generator.device)
+    choices = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+    return [tasks[index] for index in choices.tolist()]
+
+
+@dataclass
+class DiffusionInputs:
+    """Everything one training forward pass needs besides the reference latents."""
+
+    noisy: torch.Tensor  # (B, 2C, h, w) x_t of both modalities
+    known: torch.Tensor  # (B, 2C, h, w) clean latents (the layout zeroes the unknown modality)
+    masks: torch.Tensor  # (B, 2, h, w) 1 where a modality is known
+    timesteps: torch.Tensor  # (B,) int64
+    drop_reference: torch.Tensor  # (B,) bool
+    target: torch.Tensor  # (B, 2C, h, w) ε or v
+    loss_weights: torch.Tensor  # (B, 2C, h, w) zero on known modalities
+    tasks: list[Task]
+
+
+def make_diffusion_inputs(
+    clean: torch.Tensor,
+    foreground: torch.Tensor,
+    *,
+    scheduler: DDPMScheduler,
+    stage: JointStageConfig,
+    generator: torch.Generator,
+) -> DiffusionInputs:
+    """Draw tasks, timesteps, noise and reference dropout for clean latents `clean` (B, 2C, h, w).
+
+    `generator` lives on `clean`'s device; `foreground` (B, 1, h, w) is `latent_foreground` of the pixel mask.
+    """
+    batch, channels, height, width = clean.shape
+    device = clean.device
+    tasks = sample_tasks(stage.tasks, batch, generator)
+    timesteps = torch.randint(
+        0, scheduler.config.num_train_timesteps, (batch,), generator=generator, device=device, dtype=torch.int64
+    )
+    noise = torch.randn(clean.shape, generator=generator, device=device, dtype=clean.dtype)
+    drop_reference = torch.rand(batch, generator=generator, device=device) < stage.reference_dropout
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    if scheduler.config.prediction_type == "epsilon":
+        target = noise
+    elif scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(clean, noise, timesteps)
+    else:
+        prediction_type = scheduler.config.prediction_type
+        raise ValueError(f"unsupported prediction type {prediction_type!r}; use epsilon or v_prediction")
+    masks = task_masks(tasks, batch_size=batch, height=height, width=width, device=device, dtype=clean.dtype)
+    background = stage.background_loss_weight
+    spatial = background + (1.0 - background) * foreground.to(clean.dtype)
+    loss_weights = (1.0 - expand_masks(masks, channels // 2)) * spatial
+    return DiffusionInputs(
+        noisy=noisy,
+        known=clean,
+        masks=masks,
+        timesteps=timesteps,
+        drop_reference=drop_reference,
+        target=target,
+        loss_weights=loss_weights,
+        tasks=tasks,
+    )
+
+
+def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ w·(prediction − target)² / Σ w, computed in float32."""
+    squared = (prediction.float() - target.float()).square()
+    return (weights * squared).sum() / weights.sum().clamp_min(1e-8)

@@ -1,0 +1,111 @@
+"""The two training stages as recipes the trainer runs: what is trained, its loss, validation, last touches.
+
+* `CodecRecipe`: the VAE (`model.vae`) learns to reconstruct RGB and normalised depth (`codec_stage`).
+* `JointRecipe`: the denoiser (`model.denoiser`: backbone + reference net + context) learns the multi-task
+  diffusion objective on latents of the frozen VAE (`joint_objective`), from images or cached latents.
+
+A recipe's `module` is what Accelerate wraps for data parallelism; `loss` must call that (wrapped) module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.models.context import ClipImageContext
+from rgbd_portrait.models.layout import join_modalities
+from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
+from rgbd_portrait.training.codec_stage import (
+    CodecTrainingModule,
+    calibrate_latent_scale,
+    codec_images,
+    codec_loss,
+)
+from rgbd_portrait.training.config import CodecStageConfig, JointStageConfig
+from rgbd_portrait.training.joint_objective import latent_foreground, make_diffusion_inputs, weighted_mse
+from rgbd_portrait.training.validation import validate_codec, validate_joint
+
+Batch = dict[str, torch.Tensor]
+
+
+class CodecRecipe:
+    name = "codec"
+    uses_latents = False
+
+    def __init__(self, model: RGBDPortraitModel, stage: CodecStageConfig):
+        model.denoiser.requires_grad_(False)
+        model.vae.requires_grad_(True)
+        self.model = model
+        self.stage = stage
+        self.module = CodecTrainingModule(model.vae)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.model.vae.enable_gradient_checkpointing()
+
+    def loss(self, module: nn.Module, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, Batch]:
+        images = codec_images(batch)
+        reconstruction, kl = module(images, generator)
+        return codec_loss(reconstruction, images, kl, self.stage)
+
+    def validate(self, batch: Batch, path: Path) -> dict[str, float]:
+        return validate_codec(self.model.vae, batch, path)
+
+    def finish(self, batches: Iterable[Batch]) -> dict[str, float]:
+        """Calibrate the latent scale on training batches, before the stage's model is saved."""
+        shift, scale = calibrate_latent_scale(self.model.vae, batches)
+        return {"latent_shift": shift, "latent_scale": scale}
+
+
+class JointRecipe:
+    name = "joint"
+
+    def __init__(self, model: RGBDPortraitModel, stage: JointStageConfig, *, uses_latents: bool):
+        model.vae.requires_grad_(False)
+        self.model = model
+        self.stage = stage
+        self.module = model.denoiser
+        self.scheduler = model.make_scheduler()
+        # A CLIP context embeds the reference image itself, which cached latents cannot give back.
+        if uses_latents and isinstance(model.context, ClipImageContext):
+            raise UserInputError("data.cache_latents: the CLIP context needs reference images; set it to false")
+        self.uses_latents = uses_latents
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.model.denoiser.enable_gradient_checkpointing()
+
+    @torch.no_grad()
+    def _latents(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Clean `[rgb, depth]` latents, the latent foreground and the reference latents of a batch."""
+        if self.uses_latents:
+            clean = join_modalities(batch["rgb_latents"], batch["depth_latents"])
+            return clean, batch["foreground"], batch["reference_latents"]
+        codec = self.model.codec
+        clean = codec.encode_rgbd(batch["rgb"], batch["depth"])
+        foreground = latent_foreground(batch["mask"], tuple(clean.shape[2:]))
+        return clean, foreground, codec.encode_rgb(batch["reference_rgb"])
+
+    def loss(self, module: nn.Module, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, Batch]:
+        clean, foreground, reference_latents = self._latents(batch)
+        inputs = make_diffusion_inputs(
+            clean, foreground, scheduler=self.scheduler, stage=self.stage, generator=generator
+        )
+        prediction = module(
+            inputs.noisy,
+            inputs.timesteps,
+            reference_latents=reference_latents,
+            known=inputs.known,
+            masks=inputs.masks,
+            drop_reference=inputs.drop_reference,
+            reference_rgb=batch.get("reference_rgb"),
+        )
+        return weighted_mse(prediction, inputs.target, inputs.loss_weights), {}
+
+    def validate(self, batch: Batch, path: Path) -> dict[str, float]:
+        return validate_joint(self.model, batch, path, stage=self.stage)
+
+    def finish(self, batches: Iterable[Batch]) -> dict[str, float]:
+        return {}
