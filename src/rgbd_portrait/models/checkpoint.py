@@ -64,8 +64,12 @@ def index_entry(component: ModelMixin) -> list[str]:
     return [type(component).__module__.split(".")[0], type(component).__name__]
 
 
+# One weights file per component whatever its size (diffusers would shard above 10 GB), as `load_component` reads.
+_UNSHARDED = "1000GB"
+
+
 def save_component(component: ModelMixin, directory: Path) -> None:
-    component.save_pretrained(directory, safe_serialization=True)
+    component.save_pretrained(directory, safe_serialization=True, max_shard_size=_UNSHARDED)
 
 
 def load_component(directory: Path, class_name: str, *, slot: str) -> ModelMixin:
