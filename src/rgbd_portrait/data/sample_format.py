@@ -161,7 +161,7 @@ def is_sample(directory: str | os.PathLike) -> bool:
     return all((directory / name).is_file() for name in REQUIRED_FILES)
 
 
-def _decode_meta(content: bytes, origin: str) -> dict[str, Any]:
+def decode_meta(content: bytes, origin: str) -> dict[str, Any]:
     try:
         return json.loads(content)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -174,7 +174,7 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
         content = path.read_bytes()
     except OSError as error:
         raise UserInputError(f"{path}: cannot read sample metadata ({error})") from error
-    return _decode_meta(content, str(path))
+    return decode_meta(content, str(path))
 
 
 def decode_sample(files: Mapping[str, bytes], *, origin: str, extras: bool = True) -> PortraitSample:
@@ -192,7 +192,7 @@ def decode_sample(files: Mapping[str, bytes], *, origin: str, extras: bool = Tru
         rgb=_decode_image(files["rgb.png"], "RGB", f"{origin}/rgb.png"),
         depth=depth.astype(np.float32),
         mask=_decode_image(files["mask.png"], "L", f"{origin}/mask.png") > 127,
-        meta=_decode_meta(files["meta.json"], f"{origin}/meta.json"),
+        meta=decode_meta(files["meta.json"], f"{origin}/meta.json"),
     )
     if extras:
         if "normal.png" in files:
@@ -226,6 +226,23 @@ def read_sample(directory: str | os.PathLike, *, extras: bool = True) -> Portrai
         except OSError as error:
             raise UserInputError(f"{directory / name}: cannot read ({error})") from error
     return decode_sample(files, origin=str(directory), extras=extras)
+
+
+def find_samples(root: str | os.PathLike, *, include_sequences: bool = False) -> list[Path]:
+    """Sample folders at or below `root`, sorted; frames of sequences only with `include_sequences`.
+
+    Hidden folders (temporary ones of unfinished writes) are skipped.
+    """
+    found = []
+    for directory, subfolders, _files in os.walk(root):
+        path = Path(directory)
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        if is_sample(path):
+            found.append(path)
+            subfolders.clear()
+        elif is_sequence(path) and not include_sequences:
+            subfolders.clear()
+    return sorted(found)
 
 
 def frame_folder_name(index: int) -> str:
