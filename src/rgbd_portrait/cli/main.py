@@ -16,6 +16,10 @@ COMMAND_MODULES = (
     "rgbd_portrait.cli.prepare",
     "rgbd_portrait.cli.init",
     "rgbd_portrait.cli.train",
+    "rgbd_portrait.cli.generate",
+    "rgbd_portrait.cli.depth",
+    "rgbd_portrait.cli.render",
+    "rgbd_portrait.cli.relight",
 )
 
 

@@ -1,6 +1,20 @@
-"""Inference: one pipeline object with a method per task, its outputs, and the file-level tasks the CLI runs."""
+"""Inference: one pipeline object with a method per task, its outputs, and the file-level tasks the CLI runs.
 
-from rgbd_portrait.pipelines.output import RGBDPortraitOutput, RGBDRelightingOutput
-from rgbd_portrait.pipelines.pipeline import RGBDPortraitPipeline
+The names below are imported on first use, so that light submodules (e.g. `export`'s constants, read by the
+CLI to build its parsers) do not pull in diffusers.
+"""
 
-__all__ = ["RGBDPortraitOutput", "RGBDPortraitPipeline", "RGBDRelightingOutput"]
+import importlib
+
+_EXPORTED = {
+    "RGBDPortraitOutput": "rgbd_portrait.pipelines.output",
+    "RGBDRelightingOutput": "rgbd_portrait.pipelines.output",
+    "RGBDPortraitPipeline": "rgbd_portrait.pipelines.pipeline",
+}
+__all__ = sorted(_EXPORTED)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTED[name]), name)

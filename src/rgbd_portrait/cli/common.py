@@ -1,0 +1,130 @@
+"""Options shared by the inference commands (generate, depth, render, relight) and loading their pipeline."""
+
+from __future__ import annotations
+
+import argparse
+from importlib import resources
+from pathlib import Path
+
+from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.pipelines.export_names import EXPORTS, MESH_FORMATS
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def default_model_dir() -> Path:
+    """Where the shipped default model lives inside the installed package."""
+    return Path(str(resources.files("rgbd_portrait") / "weights" / "default"))
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model and device")
+    group.add_argument("--model", help="model folder (default: the model shipped with the package)")
+    group.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda, else mps, else cpu")
+    group.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and activations (default float32)")
+    group.add_argument(
+        "--cpu-offload", action="store_true", help="keep the model on the CPU and move each part to the GPU as it runs"
+    )
+    group.add_argument("--vae-slicing", action="store_true", help="encode and decode one image at a time")
+    group.add_argument("--seed", type=int, default=0, help="random seed; runs are reproducible (default 0)")
+    group.add_argument("--steps", type=int, help="denoising steps (default: from the model)")
+    group.add_argument("--resolution", type=int, help="square side the model works at (default: from the model)")
+    group.add_argument(
+        "--fit",
+        choices=("crop", "pad"),
+        default="crop",
+        help="make inputs square by cropping (default; centred on the face when MediaPipe is installed) or padding",
+    )
+    group.add_argument("--no-face-centering", action="store_true", help="centre square crops on the image centre")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, *, match_input_size: bool = True) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument("--out", required=True, help="output folder; one sub-folder per result")
+    group.add_argument(
+        "--exports",
+        default=",".join(EXPORTS),
+        help=f"comma-separated files to write (default all): {','.join(EXPORTS)}",
+    )
+    group.add_argument("--mesh-format", choices=MESH_FORMATS, default="glb", help="mesh file format (default glb)")
+    group.add_argument("--overwrite", action="store_true", help="replace existing result folders")
+    if match_input_size:
+        group.add_argument(
+            "--match-input-size",
+            action="store_true",
+            help="map results back to each input's size (default: the model's resolution)",
+        )
+    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def exports_from(args: argparse.Namespace) -> list[str]:
+    return [name.strip() for name in args.exports.split(",") if name.strip()]
+
+
+def pipeline_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments common to every pipeline task, from the parsed options."""
+    options = {
+        "num_inference_steps": args.steps,
+        "resolution": args.resolution,
+        "fit": args.fit,
+        "center_on_face": not args.no_face_centering,
+    }
+    if hasattr(args, "match_input_size"):
+        options["match_input_size"] = args.match_input_size
+    return options
+
+
+def _resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("--device cuda: CUDA is not available on this machine")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserInputError("--device mps: Apple's MPS is not available on this machine")
+    return torch.device(name)
+
+
+def resolve_model_dir(model: str | None) -> Path:
+    if model is not None:
+        return Path(model)
+    default = default_model_dir()
+    if not default.is_dir():
+        raise UserInputError(f"no default model is installed (expected at {default}); pass --model MODEL_FOLDER")
+    return default
+
+
+def pipeline_loader(args: argparse.Namespace):
+    """Check the model and device options now; return a function that loads the pipeline when called."""
+    import torch
+
+    model_dir = resolve_model_dir(args.model)
+    if not model_dir.is_dir():
+        raise UserInputError(f"{model_dir}: model folder not found")
+    device = _resolve_device(args.device)
+    dtype = getattr(torch, args.dtype)
+    if dtype == torch.float16 and device.type == "cpu":
+        raise UserInputError("--dtype float16: not supported on the CPU; use bfloat16 or float32")
+    if args.cpu_offload and device.type == "cpu":
+        raise UserInputError("--cpu-offload: needs a GPU device (--device cuda or mps)")
+
+    def load():
+        from rgbd_portrait.pipelines import RGBDPortraitPipeline
+
+        pipeline = RGBDPortraitPipeline.from_pretrained(model_dir, dtype=dtype)
+        if args.cpu_offload:
+            pipeline.enable_model_cpu_offload(device)
+        else:
+            pipeline.to(device)
+        if args.vae_slicing:
+            pipeline.enable_vae_slicing()
+        pipeline.set_progress_bar_config(leave=False, disable=args.no_progress)
+        return pipeline
+
+    return load
