@@ -33,7 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("image", metavar="IMAGE", help="portrait image")
-    parser.add_argument("--light", required=True, help="preset name, AZIMUTH,ELEVATION, or an SH coefficients file")
+    parser.add_argument(
+        "--light",
+        required=True,
+        help="preset name, AZIMUTH,ELEVATION (write --light=-30,10 for a negative azimuth), or an SH coefficients file",
+    )
     parser.add_argument("--depth", help="depth map of the image (same size; default: predicted by the model)")
     parser.add_argument("--mask", help="mask of the subject (white); only these pixels are relit")
     parser.add_argument(
