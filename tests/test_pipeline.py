@@ -162,15 +162,14 @@ def test_training_free_render_and_partial_generation_run(pipe):
     assert free.rgb.shape == (1, SIDE, SIDE, 3)
     mask = np.zeros((20, 30), dtype=bool)
     mask[:, :15] = True
+    known = _image(seed=5)
     partial = pipe.generate(
-        _image(),
-        known_image=_image(seed=5),
-        known_image_mask=mask,
-        generator=_generator(),
-        output_type="np",
-        **FAST,
+        _image(), known_image=known, known_image_mask=mask, generator=_generator(), output_type="np", **FAST
     )
-    assert partial.rgb.shape == (1, SIDE, SIDE, 3)
+    # the left half of the centre crop (columns 5-14 of 30 → 0-7 of 16) is the known image's
+    expected, _ = fit_square(np.asarray(known, dtype=np.float32) / 255, SIDE)
+    np.testing.assert_allclose(partial.rgb[0][:, :7], expected[:, :7], atol=1e-6)
+    assert np.abs(partial.rgb[0][:, 9:] - expected[:, 9:]).mean() > 0.05
 
 
 def test_relight_with_given_and_predicted_depth(pipe, reference_net_calls):

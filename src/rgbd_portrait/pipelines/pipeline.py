@@ -487,8 +487,11 @@ class RGBDPortraitPipeline:
             **known,
         )
         rgb, depth = self._decode(result)
+        # Keep the given content exactly where it is known, as the decoded latents only approximate it.
+        if "known_rgb" in known:
+            weight = known["known_rgb_weight"].repeat_interleave(num_samples, dim=0)
+            rgb = torch.where(weight > 0, known["known_rgb"].repeat_interleave(num_samples, dim=0), rgb)
         if "known_depth" in known:
-            # Keep the given depth exactly where it is known, as the decoded latents only approximate it.
             given = to_unit_range(known["known_depth"]).repeat_interleave(num_samples, dim=0)
             weight = known["known_depth_weight"].repeat_interleave(num_samples, dim=0)
             depth = torch.where(weight > 0, given, depth)
