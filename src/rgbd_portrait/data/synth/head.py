@@ -391,8 +391,9 @@ class HeadScene:
 
     # -- appearance -----------------------------------------------------------------------------------
 
-    def materials(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Index into MATERIALS (M,) of the part whose surface a point lies on (smallest |distance|)."""
+    def materials(self, points: Points, parameters: Columns) -> torch.Tensor:
+        """Index into MATERIALS (M,) of the part whose surface each point lies on (smallest |distance|)."""
+        parts = self._parts(points, parameters)
         lids_or_skin = torch.minimum(parts["skin"].abs(), parts["lids"].abs())
         candidates = torch.stack(
             [
@@ -409,7 +410,7 @@ class HeadScene:
 
     def albedo(self, points: Points, parameters: Columns) -> torch.Tensor:
         p = parameters
-        material = self.materials(self._parts(points, p))
+        material = self.materials(points, p)
         x, y, z = self._to_head(points, p)
         ax = x.abs()
 

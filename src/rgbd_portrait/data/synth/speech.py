@@ -102,7 +102,14 @@ def synthesize_speech(
         )
         audible = frequency < min(HIGHEST_HARMONIC_HZ, 0.45 * sample_rate)
         voice += audible * (0.05 + gain) / harmonic * np.sin(harmonic * phase)
-    voice /= max(np.abs(voice).max(), 1e-9)
+    # Vowels differ in how much energy their formants pass; level each syllable so that its loudness is
+    # the envelope's alone.
+    for syllable in syllables:
+        first, last = (
+            int(syllable.start * sample_rate),
+            min(int((syllable.start + syllable.duration) * sample_rate), count),
+        )
+        voice[first:last] /= max(np.sqrt(np.mean(voice[first:last] ** 2)), 1e-9)
     noise = rng.standard_normal(count)
     noise = np.diff(noise, prepend=0.0)  # a crude high-pass: consonant noise is hissy
     audio = envelope * voice + noise_envelope * noise

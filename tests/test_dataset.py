@@ -1,0 +1,154 @@
+"""PortraitDataset: tensors in the model's conventions, same-identity references, splits, resizing, shards."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from rgbd_portrait.data.dataset import PortraitDataset, resize_sample_tensors
+from rgbd_portrait.data.sample_format import PortraitSample, write_sample, write_sequence
+from rgbd_portrait.data.shards import pack_shards
+from rgbd_portrait.data.synth import render_dataset
+from rgbd_portrait.errors import UserInputError
+
+SIZE = 32
+
+
+def _sample(identity: str, split: str, seed: int, *, depth_source: str = "exact") -> PortraitSample:
+    rng = np.random.default_rng(seed)
+    rows, columns = np.mgrid[0:SIZE, 0:SIZE]
+    mask = (rows - 16) ** 2 + (columns - 16) ** 2 < (8 + seed % 5) ** 2
+    depth = np.where(mask, 1.0 + 0.01 * rows + 0.001 * seed, 0.0).astype(np.float32)
+    return PortraitSample(
+        rgb=rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8),
+        depth=depth,
+        mask=mask,
+        meta={"identity": identity, "split": split, "depth_source": depth_source},
+    )
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    seed = 0
+    for identity, split, count in (("anna", "train", 3), ("bo", "train", 1), ("cy", "val", 2)):
+        for index in range(count):
+            write_sample(root / split / f"{identity}_{index}", _sample(identity, split, seed))
+            seed += 1
+    # A sample as `rgbd-portrait prepare` writes it: pseudo-depth, its own folder layout.
+    write_sample(root / "prepared" / "photo_7", _sample("dee", "train", 99, depth_source="pseudo"))
+    write_sequence(
+        root / "sequences" / "talk",
+        (_sample("anna", "train", 50 + i) for i in range(2)),
+        meta={"identity": "anna", "split": "train"},
+        audio=np.zeros(1600, np.float32),
+    )
+    return root
+
+
+def test_items_follow_the_model_conventions(root):
+    dataset = PortraitDataset(root)
+    assert len(dataset) == 5  # anna x3, bo, dee; sequence frames and val left out
+    keys = [entry.key for entry in dataset.entries]
+    assert keys == sorted(keys) and "train/anna_0" in keys
+    item = dataset[keys.index("train/anna_0")]
+    assert item["rgb"].shape == (3, SIZE, SIZE) and item["rgb"].dtype == torch.float32
+    assert item["rgb"].min() >= -1 and item["rgb"].max() <= 1
+    mask = item["mask"]
+    assert mask.shape == (1, SIZE, SIZE) and set(mask.unique().tolist()) == {0.0, 1.0}
+    depth = item["depth"]
+    assert depth.shape == (1, SIZE, SIZE)
+    assert (depth[mask == 0] == 1.0).all()
+    assert depth[mask == 1].min() == -1.0 and depth[mask == 1].max() == 1.0
+    raw = torch.from_numpy(_sample("anna", "train", 0).depth)[None]
+    near, far = item["depth_range"]
+    assert torch.isclose(near, torch.quantile(raw[mask == 1], 0.02))
+    assert torch.isclose(far, torch.quantile(raw[mask == 1], 0.98))
+    assert item["identity"] == "anna" and item["depth_source"] == "exact"
+    assert {dataset[i]["depth_source"] for i in range(len(dataset))} == {"exact", "pseudo"}
+
+
+def test_reference_is_another_image_of_the_same_identity(root):
+    dataset = PortraitDataset(root, seed=1)
+    anna = [i for i, entry in enumerate(dataset.entries) if entry.identity == "anna"]
+    references = set()
+    for epoch in range(6):
+        for index in anna:
+            reference = dataset.reference_index(index, epoch=epoch)
+            assert reference != index and dataset.entries[reference].identity == "anna"
+            references.add((index, reference))
+        item = dataset.get(anna[0], epoch=epoch)
+        expected = dataset.get(dataset.reference_index(anna[0], epoch=epoch), epoch=epoch)["rgb"]
+        assert torch.equal(item["reference_rgb"], expected)
+    assert len(references) > len(anna)  # the pairing changes between epochs
+    # Deterministic given seed and epoch; set_epoch drives __getitem__.
+    assert PortraitDataset(root, seed=1).reference_index(anna[0], epoch=3) == dataset.reference_index(anna[0], epoch=3)
+    dataset.set_epoch(4)
+    assert torch.equal(dataset[anna[0]]["reference_rgb"], dataset.get(anna[0], epoch=4)["reference_rgb"])
+    # An identity with a single image is its own reference.
+    (bo,) = [i for i, entry in enumerate(dataset.entries) if entry.identity == "bo"]
+    assert dataset.reference_index(bo, epoch=0) == bo
+    assert torch.equal(dataset[bo]["reference_rgb"], dataset[bo]["rgb"])
+
+
+def test_splits_sequences_and_bad_arguments(root):
+    assert {entry.identity for entry in PortraitDataset(root, split="val").entries} == {"cy"}
+    assert len(PortraitDataset(root, split=None)) == 7
+    assert len(PortraitDataset(root, include_sequences=True)) == 7
+    with pytest.raises(UserInputError, match="split"):
+        PortraitDataset(root, split="holdout")
+    with pytest.raises(UserInputError, match="multiple of 8"):
+        PortraitDataset(root, resolution=20)
+    with pytest.raises(UserInputError, match="not found"):
+        PortraitDataset(root / "missing")
+
+
+def test_resizing_keeps_depth_off_the_background(root):
+    item = PortraitDataset(root, resolution=16)[0]
+    assert item["rgb"].shape == (3, 16, 16) and item["depth"].shape == (1, 16, 16)
+    rgb = torch.rand(3, 32, 32) * 2 - 1
+    depth = torch.zeros(1, 32, 32)
+    mask = torch.zeros(1, 32, 32)
+    mask[:, 8:24, 8:24] = 1
+    depth[mask > 0] = 2.0
+    small_rgb, small_depth, small_mask = resize_sample_tensors(rgb, depth, mask, 16)
+    assert (small_depth[small_mask > 0] == 2.0).all() and (small_depth[small_mask == 0] == 0).all()
+    assert small_mask.sum() == 64 and small_rgb.abs().max() <= 1
+    large = resize_sample_tensors(rgb, depth, mask, 64)
+    assert large[2].sum() == 4 * mask.sum() and set(large[1].unique().tolist()) == {0.0, 2.0}
+
+
+def test_default_collate_batches_items(root):
+    batch = next(iter(DataLoader(PortraitDataset(root), batch_size=2)))
+    assert batch["rgb"].shape == (2, 3, SIZE, SIZE) and batch["reference_rgb"].shape == (2, 3, SIZE, SIZE)
+    assert batch["depth_range"].shape == (2, 2) and len(batch["identity"]) == 2
+
+
+def test_shards_read_the_same_as_folders(root, tmp_path):
+    written = pack_shards(root, tmp_path / "shards", samples_per_shard=2, show_progress=False)
+    assert [path.name for path in written] == [
+        "train-000000.tar",
+        "train-000001.tar",
+        "train-000002.tar",
+        "val-000000.tar",
+    ]
+    folders, shards = PortraitDataset(root, split=None), PortraitDataset(tmp_path / "shards", split=None)
+    assert len(shards) == len(folders) == 7
+    by_content = {}
+    for dataset in (folders, shards):
+        for index in range(len(dataset)):
+            item = dataset.get(index, epoch=0)
+            by_content.setdefault(item["identity"], []).append(item["rgb"].sum().item())
+    for values in by_content.values():
+        assert sorted(values[: len(values) // 2]) == sorted(values[len(values) // 2 :])
+    single = PortraitDataset(written[-1], split=None)
+    assert len(single) == 2 and {entry.identity for entry in single.entries} == {"cy"}
+
+
+def test_reads_the_studio_output(tmp_path):
+    render_dataset(tmp_path / "set", identities=3, samples_per_identity=2, size=16, relights=0, show_progress=False)
+    dataset = PortraitDataset(tmp_path / "set", split="train", resolution=8)
+    assert len(dataset) == 2 and dataset.identities == [dataset.entries[0].identity]
+    item = dataset[0]
+    assert item["rgb"].shape == (3, 8, 8) and item["depth_source"] == "exact"
+    assert dataset.entries[dataset.reference_index(0)].identity == item["identity"]
