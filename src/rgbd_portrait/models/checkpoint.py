@@ -7,6 +7,7 @@
     reference_net/  config.json + diffusion_pytorch_model.safetensors   (ReferenceNet)
     context/        config.json + diffusion_pytorch_model.safetensors   (LearnedContext or ClipImageContext)
     vae/            config.json + diffusion_pytorch_model.safetensors   (AutoencoderKL)
+    motion/         optional: temporal and audio layers of the talking-head model (MotionLayers)
 
 Components are written with diffusers' `save_pretrained` (safetensors) into a temporary folder that is renamed
 into place, and read back strictly: a missing or unexpected weight, a corrupt file or a folder that is not a
@@ -29,6 +30,7 @@ from diffusers import AutoencoderKL, ModelMixin, UNet2DConditionModel
 
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models.context import ClipImageContext, LearnedContext
+from rgbd_portrait.models.motion import MotionLayers
 from rgbd_portrait.models.reference import ReferenceNet
 from rgbd_portrait.models.weights import assign_weights, empty_weights, read_safetensors
 
@@ -43,8 +45,11 @@ COMPONENT_CLASSES: dict[str, tuple[type[ModelMixin], ...]] = {
     "reference_net": (ReferenceNet,),
     "context": (LearnedContext, ClipImageContext),
     "vae": (AutoencoderKL,),
+    "motion": (MotionLayers,),
 }
-COMPONENT_NAMES = tuple(COMPONENT_CLASSES)
+# Components a checkpoint may leave out (the image model has no motion layers).
+OPTIONAL_COMPONENT_NAMES = ("motion",)
+COMPONENT_NAMES = tuple(name for name in COMPONENT_CLASSES if name not in OPTIONAL_COMPONENT_NAMES)
 
 
 def read_json(path: Path, *, what: str) -> dict[str, Any]:
@@ -108,7 +113,7 @@ def read_index(directory: Path) -> dict[str, Any]:
         raise UserInputError(
             f"{index_path}: checkpoint format {index.get('format_version')!r}, this version reads {FORMAT_VERSION}"
         )
-    for name in COMPONENT_NAMES:
+    for name in (*COMPONENT_NAMES, *(name for name in OPTIONAL_COMPONENT_NAMES if name in index)):
         entry = index.get(name)
         if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(part, str) for part in entry)):
             raise UserInputError(f"{index_path}: entry {name!r} must be [library, class name], got {entry!r}")

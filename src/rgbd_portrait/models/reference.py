@@ -56,6 +56,16 @@ class ReferenceFeatures:
     def batch_size(self) -> int:
         return self.drop.shape[0]
 
+    def repeat_each(self, repeats: int) -> ReferenceFeatures:
+        """Each sample's features `repeats` times in a row (e.g. once per frame of a clip), without running the
+        reference net again."""
+        return ReferenceFeatures(
+            bank={name: tokens.repeat_interleave(repeats, dim=0) for name, tokens in self.bank.items()},
+            drop=self.drop.repeat_interleave(repeats, dim=0),
+            context=self.context.repeat_interleave(repeats, dim=0),
+            latent_size=self.latent_size,
+        )
+
 
 def self_attention_layer_names(unet: UNet2DConditionModel) -> list[str]:
     """Names of the UNet's self-attention modules (e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1`)."""

@@ -9,6 +9,8 @@ Two objects, so that training and sampling share one code path:
   `find_unused_parameters`. A frozen CLIP encoder has `requires_grad=False` and is ignored by DDP.
 * `RGBDPortraitModel` adds the frozen `LatentCodec` (VAE) and the `ModelSettings`, builds models (from a YAML
   `model:` section, a local Stable Diffusion folder or a checkpoint) and saves them (see `checkpoint`).
+  A talking-head model also holds `motion` (`MotionLayers`: temporal and audio layers, run by hooks on the
+  backbone; see `rgbd_portrait.models.motion`), added with `add_motion_layers` and saved with the rest.
 
 Sampling: compute `encode_reference` once, then call `denoise` at every step with the same features.
 
@@ -51,6 +53,7 @@ from rgbd_portrait.models.checkpoint import (
     FORMAT_VERSION,
     INDEX_NAME,
     MODEL_CLASS_NAME,
+    OPTIONAL_COMPONENT_NAMES,
     atomic_directory,
     index_entry,
     load_component,
@@ -61,6 +64,7 @@ from rgbd_portrait.models.checkpoint import (
 from rgbd_portrait.models.codec import LatentCodec
 from rgbd_portrait.models.context import ClipImageContext, LearnedContext
 from rgbd_portrait.models.layout import Task, build_backbone_input, input_layout, output_layout, task_masks
+from rgbd_portrait.models.motion import MotionLayers
 from rgbd_portrait.models.reference import ReferenceFeatures, ReferenceNet, install_reference_reading
 from rgbd_portrait.models.settings import SETTING_KEYS, ModelSettings
 
@@ -250,9 +254,16 @@ def _check_against_base(section: Mapping[str, Any], config: Mapping[str, Any], *
 
 
 class RGBDPortraitModel(nn.Module):
-    """The whole model: `denoiser` (trainable), `codec` (frozen VAE) and `settings`."""
+    """The whole model: `denoiser` (trainable), `codec` (frozen VAE), `settings`, and optionally `motion`."""
 
-    def __init__(self, *, denoiser: RGBDDenoiser, codec: LatentCodec, settings: ModelSettings):
+    def __init__(
+        self,
+        *,
+        denoiser: RGBDDenoiser,
+        codec: LatentCodec,
+        settings: ModelSettings,
+        motion: MotionLayers | None = None,
+    ):
         super().__init__()
         if codec.latent_channels != denoiser.latent_channels:
             raise UserInputError(
@@ -267,6 +278,20 @@ class RGBDPortraitModel(nn.Module):
         self.codec = codec
         self.settings = settings
         codec.requires_grad_(False)
+        self.motion: MotionLayers | None = None
+        if motion is not None:
+            self.add_motion_layers(motion)
+
+    def add_motion_layers(self, motion: MotionLayers) -> None:
+        """Insert temporal and audio layers into the backbone (they act only inside `motion.frames`)."""
+        if self.motion is not None:
+            raise UserInputError("the model already has motion layers")
+        try:
+            motion.attach(self.backbone)
+        except UserInputError as error:
+            raise UserInputError(f"motion: {error}") from error
+        # nn.Module's `to`: diffusers' warns about float32-only modules whenever a dtype is given, even with none.
+        self.motion = nn.Module.to(motion, device=self.backbone.device, dtype=self.backbone.dtype)
 
     # -- parts and settings ---------------------------------------------------------------------------------
     @property
@@ -417,6 +442,8 @@ class RGBDPortraitModel(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the checkpoint folder atomically (see `rgbd_portrait.models.checkpoint`)."""
         components = {name: getattr(self, name) for name in COMPONENT_NAMES}
+        optional = {name: getattr(self, name) for name in OPTIONAL_COMPONENT_NAMES}
+        components |= {name: component for name, component in optional.items() if component is not None}
         index = {
             "_class_name": MODEL_CLASS_NAME,
             "format_version": FORMAT_VERSION,
@@ -452,10 +479,16 @@ class RGBDPortraitModel(nn.Module):
             if index.get(key) != layout(latent_channels):
                 raise UserInputError(f"{index_path}: {key} {index.get(key)} differs from this version's layout")
         settings = ModelSettings.from_mapping(index, source=str(index_path))
-        components = {name: load_component(directory / name, index[name][1], slot=name) for name in COMPONENT_NAMES}
+        present = (*COMPONENT_NAMES, *(name for name in OPTIONAL_COMPONENT_NAMES if name in index))
+        components = {name: load_component(directory / name, index[name][1], slot=name) for name in present}
         try:
             denoiser = RGBDDenoiser(components["backbone"], components["reference_net"], components["context"])
-            model = cls(denoiser=denoiser, codec=LatentCodec(components["vae"]), settings=settings)
+            model = cls(
+                denoiser=denoiser,
+                codec=LatentCodec(components["vae"]),
+                settings=settings,
+                motion=components.get("motion"),
+            )
         except UserInputError as error:
             raise UserInputError(f"{directory}: {error}") from error
         return model.to(device=device, dtype=dtype).eval()
