@@ -6,8 +6,10 @@ import torch
 from PIL import Image
 
 from rgbd_portrait.cli.main import main
+from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
 from rgbd_portrait.models.testing import tiny_model_section
+from rgbd_portrait.pipelines.files import run_depth
 
 COMMON_FILES = {"depth.npy", "depth.png", "depth_color.png", "normals.png", "point_cloud.ply", "preview.png"}
 COMMON_FILES |= {"rgb.png", "result.json"}
@@ -189,11 +191,18 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(model_dir, inputs, tmp_
     assert not out.exists()
 
 
-def test_existing_results_are_refused_before_any_work(model_dir, inputs, tmp_path, capsys):
+def test_existing_results_are_refused_before_the_model_loads(model_dir, inputs, tmp_path, capsys):
     argv = ["depth", str(inputs / "c.png"), "--out", str(tmp_path), "--exports", "depth_npy"]
     assert _run(model_dir, *argv) == 0
-    before = (tmp_path / "c" / "depth.npy").stat().st_mtime_ns
+    written = (tmp_path / "c" / "depth.npy").read_bytes()
+
+    def must_not_load():
+        raise AssertionError("the model was loaded although the destination exists")
+
+    with pytest.raises(UserInputError, match="already exists"):
+        run_depth(must_not_load, [inputs / "c.png", inputs / "a.png"], tmp_path, exports=["depth_npy"])
+    assert not (tmp_path / "a").exists()
     assert _run(model_dir, *argv) == 2
     assert "already exists" in _error(capsys)
-    assert _run(model_dir, *argv, "--overwrite") == 0
-    assert (tmp_path / "c" / "depth.npy").stat().st_mtime_ns >= before
+    assert _run(model_dir, *argv, "--overwrite", "--seed", "1") == 0
+    assert (tmp_path / "c" / "depth.npy").read_bytes() != written
