@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "rgbd_portrait.cli.depth",
     "rgbd_portrait.cli.render",
     "rgbd_portrait.cli.relight",
+    "rgbd_portrait.cli.animate",
 )
 
 

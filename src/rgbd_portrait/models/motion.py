@@ -86,7 +86,8 @@ class MotionLayers(ModelMixin, ConfigMixin):
     attached); `num_attention_heads`/`norm_num_groups` of the temporal and audio layers; `max_frames` per clip;
     the audio features the layers read (`audio_features`: a spec of `rgbd_portrait.data.audio`, with
     `audio_feature_dim`) over ± `audio_radius` frames, projected to `audio_token_dim`; `fps` the frame rate they
-    were trained at.
+    were trained at; `window_frames` and `motion_frames` the clips they were trained on, which sampling uses by
+    default (windows of that many frames, the first `motion_frames` of them given by the previous window).
     """
 
     @register_to_config
@@ -103,12 +104,19 @@ class MotionLayers(ModelMixin, ConfigMixin):
         norm_num_groups: int = 32,
         max_frames: int = 32,
         fps: float = DEFAULT_FPS,
+        window_frames: int = 12,
+        motion_frames: int = 2,
     ):
         super().__init__()
         if not len(layer_names) == len(layer_channels) == len(audio_layers):
             raise UserInputError("motion layers: layer_names, layer_channels and audio_layers differ in length")
         if audio_radius < 0 or max_frames <= 0 or not fps > 0:
             raise UserInputError("motion layers: audio_radius must be >= 0, max_frames and fps positive")
+        if not 0 <= motion_frames < window_frames <= max_frames:
+            raise UserInputError(
+                f"motion layers: need 0 <= motion_frames < window_frames <= max_frames, got {motion_frames}, "
+                f"{window_frames}, {max_frames}"
+            )
         self.temporal = nn.ModuleList(
             temporal_layer(
                 channels,

@@ -1,0 +1,322 @@
+"""Talking-head animation: an RGB-D video of a reference portrait speaking an audio track.
+
+    pipe = RGBDPortraitPipeline.from_pretrained("talking-model")      # a model with motion layers
+    out = animate(pipe, "portrait.jpg", "speech.wav", seconds=4, generator=torch.Generator().manual_seed(0))
+    out.rgb, out.depth                                                  # (T, S, S, 3), (T, S, S) with output_type="np"
+
+    prepared = prepare_animation(pipe, "portrait.jpg", "speech.mp3")   # audio of any length:
+    for chunk in iter_animation(pipe, prepared):                       # bounded memory, chunk by chunk
+        ...
+
+The video is sampled in overlapping windows of `window_frames` frames (default: the clip length the motion
+layers were trained on, stored in the model), one denoising loop per window
+(`rgbd_portrait.pipelines.sampling.sample_latents`, the joint task): the first window generates all its frames;
+every later one starts with the last `motion_frames` frames of the previous window as *motion frames*, known
+latents of both modalities in the channel layout (masks 1), which the temporal layers read, and generates the
+rest. Memory is that of one window whatever the audio's length, and time grows linearly with it.
+
+Every frame of a window reads the same reference features, computed once per call; each frame hears its own
+audio window (`rgbd_portrait.data.audio`). Classifier-free guidance drops the reference and the audio together
+in the unconditional branch (the motion stage trains that case).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
+
+from rgbd_portrait.data.audio import AudioTrack, audio_windows, load_audio, make_audio_features
+from rgbd_portrait.data.image_io import to_uint8_rgb
+from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.models.motion import MotionLayers
+from rgbd_portrait.pipelines.inputs import ImageInput, read_images
+from rgbd_portrait.pipelines.output import OutputType, check_output_type, convert_images
+from rgbd_portrait.pipelines.pipeline import DEFAULT_GUIDANCE_SCALE, RGBDPortraitPipeline
+from rgbd_portrait.pipelines.sampling import sample_latents, with_unconditional_branch
+
+AudioInput = str | os.PathLike | AudioTrack
+
+
+@dataclass
+class PreparedAnimation:
+    """Checked inputs of one animation: the fitted reference, the audio and its features per frame."""
+
+    reference: torch.Tensor  # (3, S, S) in [0, 1]
+    audio: AudioTrack
+    frame_features: np.ndarray  # (frame_count, D)
+    fps: float
+
+    @property
+    def frame_count(self) -> int:
+        return self.frame_features.shape[0]
+
+
+@dataclass
+class AnimationChunk:
+    """Consecutive frames from `first_frame` on, at the model's resolution, float32 on the CPU."""
+
+    first_frame: int
+    rgb: torch.Tensor  # (n, 3, S, S) in [0, 1]
+    depth: torch.Tensor  # (n, 1, S, S) affine-invariant in [0, 1], larger = farther (per frame)
+
+
+@dataclass
+class RGBDAnimationOutput:
+    """A whole animation (see `output_type` in `rgbd_portrait.pipelines.output`): `rgb` and `depth` one entry per
+    frame, `reference` the fitted reference image, `audio` the track that drove it, `fps` its frame rate."""
+
+    rgb: list | np.ndarray | torch.Tensor
+    depth: list | np.ndarray | torch.Tensor
+    reference: np.ndarray  # (S, S, 3) float32 in [0, 1]
+    audio: AudioTrack
+    fps: float
+
+    def to_tuple(self) -> tuple:
+        return tuple(getattr(self, field.name) for field in fields(self))
+
+
+def _motion_layers(pipeline: RGBDPortraitPipeline) -> MotionLayers:
+    motion = pipeline.model.motion
+    if motion is None:
+        raise UserInputError(
+            "the model has no motion layers: animate needs a talking-head model (trained with train.stages "
+            "including motion)"
+        )
+    return motion
+
+
+def _reference_has_face(pixels: np.ndarray) -> bool | None:
+    """Whether MediaPipe finds a face in the reference; None when MediaPipe is not installed."""
+    from rgbd_portrait.data.prepare.faces import FaceFinder
+
+    try:
+        finder = FaceFinder()
+    except UserInputError:
+        return None
+    try:
+        return bool(finder.find(to_uint8_rgb(pixels)))
+    finally:
+        finder.close()
+
+
+def prepare_animation(
+    pipeline: RGBDPortraitPipeline,
+    reference: ImageInput,
+    audio: AudioInput,
+    *,
+    fps: float | None = None,
+    seconds: float | None = None,
+    resolution: int | None = None,
+    fit: str = "crop",
+    center_on_face: bool = True,
+    audio_encoder: str | os.PathLike | None = None,
+) -> PreparedAnimation:
+    """Read and check the reference and the audio (a file in any format ffmpeg reads, or an `AudioTrack`).
+
+    `fps` defaults to the rate the motion layers were trained at; `seconds` animates the start of the audio
+    only. `audio_encoder` is the local speech-encoder folder a model trained on encoder features needs. A silent
+    track animates a closed mouth (with a warning); a reference without a face is animated as it is (with a
+    warning, when MediaPipe is installed to tell).
+    """
+    motion = _motion_layers(pipeline)
+    fps = float(motion.config.fps if fps is None else fps)
+    if not fps > 0:
+        raise UserInputError(f"fps: must be positive, got {fps}")
+    if seconds is not None and not seconds > 0:
+        raise UserInputError(f"seconds: must be positive, got {seconds}")
+    side = pipeline.model.resolution if resolution is None else resolution
+    # The resolution is all that is checked here; steps and guidance are checked by `iter_animation`.
+    pipeline.check_inputs(num_inference_steps=1, guidance_scale=1.0, output_type="np", resolution=side)
+    features = make_audio_features(motion.config.audio_features, encoder_path=audio_encoder)
+    (image,) = read_images(reference, argument="reference")
+    if isinstance(audio, AudioTrack):
+        if seconds is not None:
+            audio = AudioTrack(audio.samples[: round(seconds * audio.sample_rate)], audio.sample_rate, audio.source)
+    else:
+        audio = load_audio(audio, max_seconds=seconds)
+    frame_count = audio.frame_count(fps)
+    if frame_count == 0:
+        raise UserInputError(f"{audio.source}: {audio.seconds:.3f} s of audio is shorter than one frame at {fps:g} fps")
+    if audio.is_silent:
+        warnings.warn(f"{audio.source}: the audio is silent; the mouth will stay closed", stacklevel=2)
+    if _reference_has_face(image.pixels) is False:
+        warnings.warn(f"{image.source}: no face found; animating the image as it is", stacklevel=2)
+    _, pixels = pipeline._fit_images([image], side, fit=fit, center_on_face=center_on_face)
+    return PreparedAnimation(
+        reference=pixels[0],
+        audio=audio,
+        frame_features=features.frame_features(audio.samples, audio.sample_rate, fps=fps, frame_count=frame_count),
+        fps=fps,
+    )
+
+
+def resolve_window(window_frames: int | None, motion_frames: int | None, motion: MotionLayers) -> tuple[int, int]:
+    """The window and motion-frame counts to sample with (the model's where not given), checked."""
+    window_frames = motion.config.window_frames if window_frames is None else window_frames
+    motion_frames = motion.config.motion_frames if motion_frames is None else motion_frames
+    if not 0 <= motion_frames < window_frames:
+        raise UserInputError(
+            f"motion_frames: must be at least 0 and below window_frames ({window_frames}), got {motion_frames}"
+        )
+    if window_frames > motion.config.max_frames:
+        raise UserInputError(f"window_frames: the model's motion layers take at most {motion.config.max_frames}")
+    return window_frames, motion_frames
+
+
+@torch.no_grad()
+def iter_animation(
+    pipeline: RGBDPortraitPipeline,
+    prepared: PreparedAnimation,
+    *,
+    window_frames: int | None = None,
+    motion_frames: int | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    generator: torch.Generator | None = None,
+    show_progress: bool = True,
+) -> Iterator[AnimationChunk]:
+    """The frames of `prepared`, window by window (see the module docstring), with a progress bar by frame."""
+    model, motion = pipeline.model, _motion_layers(pipeline)
+    steps = num_inference_steps or model.default_steps
+    pipeline.check_inputs(
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        output_type="np",
+        resolution=prepared.reference.shape[-1],
+    )
+    window_frames, motion_frames = resolve_window(window_frames, motion_frames, motion)
+    if pipeline._offload_device is not None:
+        # The motion layers are small and run inside the backbone's calls: they stay on the compute device.
+        motion.to(pipeline._offload_device)
+    reference = pipeline._encode_reference(prepared.reference[None])  # the only reference-net run of the call
+    channels = model.latent_channels
+    latent_size = reference.latent_size
+    radius = motion.config.audio_radius
+    total = prepared.frame_count
+    previous: torch.Tensor | None = None  # clean latents of the last frames generated
+    guided = guidance_scale > 1.0
+    progress = tqdm(total=total, desc="animating", unit="frame", disable=not show_progress, **_outer_bar(pipeline))
+    first = 0
+    try:
+        while first < total:
+            given = 0 if previous is None else min(motion_frames, previous.shape[0])
+            new = min(window_frames - given, total - first)
+            count = given + new
+            frame_numbers = range(first - given, first + new)
+            windows = torch.from_numpy(audio_windows(prepared.frame_features, frame_numbers, radius=radius))
+            windows = windows.to(pipeline.device)
+            features = reference.repeat_each(count)
+            drop_audio = torch.zeros(count, dtype=torch.bool)
+            if guided:
+                features = with_unconditional_branch(model, features)
+                windows = torch.cat([windows, windows])
+                drop_audio = torch.cat([torch.ones(count, dtype=torch.bool), drop_audio])
+
+            shape = (count, 2 * channels, *latent_size)
+            known = torch.zeros(shape, device=pipeline.device, dtype=pipeline.dtype)
+            known_mask = torch.zeros_like(known)
+            if given:
+                known[:given] = previous[-given:]
+                known_mask[:given] = 1.0
+            noise = randn_tensor(shape, generator=generator, device=pipeline.device, dtype=pipeline.dtype)
+            pipeline.scheduler.set_timesteps(steps, device=pipeline.device)
+            with motion.frames(count, batch_size=features.batch_size, audio_windows=windows, drop_audio=drop_audio):
+                latents = sample_latents(
+                    model,
+                    noise * pipeline.scheduler.init_noise_sigma,
+                    pipeline.scheduler.timesteps,
+                    scheduler=pipeline.scheduler,
+                    reference=features,
+                    noise=noise,
+                    known=known,
+                    known_mask=known_mask,
+                    conditioning="channels",
+                    guidance_scale=guidance_scale,
+                    generator=generator,
+                    progress_bar_config={"disable": True},
+                )
+            previous = latents[-motion_frames:] if motion_frames else None
+            rgb, depth = pipeline._decode(latents[given:])
+            yield AnimationChunk(first_frame=first, rgb=rgb, depth=depth)
+            progress.update(new)
+            first += new
+    finally:
+        progress.close()
+        pipeline._release_offloaded()
+
+
+def _outer_bar(pipeline: RGBDPortraitPipeline) -> dict:
+    """The pipeline's progress-bar options (`set_progress_bar_config`), except `disable`, which the caller sets."""
+    return {key: value for key, value in pipeline._progress_bar_config.items() if key != "disable"}
+
+
+def animate(
+    pipeline: RGBDPortraitPipeline,
+    reference: ImageInput,
+    audio: AudioInput,
+    *,
+    fps: float | None = None,
+    seconds: float | None = None,
+    window_frames: int | None = None,
+    motion_frames: int | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    resolution: int | None = None,
+    fit: str = "crop",
+    center_on_face: bool = True,
+    audio_encoder: str | os.PathLike | None = None,
+    generator: torch.Generator | None = None,
+    output_type: OutputType = "np",
+    return_dict: bool = True,
+):
+    """The whole animation in memory (see `prepare_animation` and `iter_animation` for the options); for long
+    audio, stream `iter_animation` instead, or write files with `rgbd_portrait.pipelines.animation_export`."""
+    check_output_type(output_type)
+    prepared = prepare_animation(
+        pipeline,
+        reference,
+        audio,
+        fps=fps,
+        seconds=seconds,
+        resolution=resolution,
+        fit=fit,
+        center_on_face=center_on_face,
+        audio_encoder=audio_encoder,
+    )
+    chunks = list(
+        iter_animation(
+            pipeline,
+            prepared,
+            window_frames=window_frames,
+            motion_frames=motion_frames,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            show_progress=not pipeline._progress_bar_config.get("disable", False),
+        )
+    )
+    rgb = [frame for chunk in chunks for frame in chunk.rgb]
+    depth = [frame for chunk in chunks for frame in chunk.depth]
+    output = RGBDAnimationOutput(
+        rgb=convert_images(rgb, "color", output_type, stack=True),
+        depth=convert_images(depth, "depth", output_type, stack=True),
+        reference=prepared.reference.permute(1, 2, 0).numpy(),
+        audio=prepared.audio,
+        fps=prepared.fps,
+    )
+    return output if return_dict else output.to_tuple()
+
+
+def window_count(frame_count: int, *, window_frames: int, motion_frames: int) -> int:
+    """How many denoising loops `iter_animation` runs for `frame_count` frames."""
+    if frame_count <= window_frames:
+        return 1
+    return 1 + math.ceil((frame_count - window_frames) / (window_frames - motion_frames))

@@ -1,0 +1,200 @@
+"""Animation with a tiny random talking-head model: windows, motion frames, videos with audio, bad inputs."""
+
+import importlib.util
+import json
+import warnings
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import soundfile
+import torch
+from PIL import Image
+
+from rgbd_portrait.cli.main import main
+from rgbd_portrait.data.audio import LogMelFeatures
+from rgbd_portrait.data.synth.speech import synthesize_speech
+from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.models import RGBDPortraitModel
+from rgbd_portrait.models.motion import MotionLayers
+from rgbd_portrait.models.testing import tiny_model_section
+from rgbd_portrait.pipelines import RGBDPortraitPipeline, animation_export
+from rgbd_portrait.pipelines.animate import animate, window_count
+from rgbd_portrait.pipelines.animation_export import VIDEO_FILES, run_animate
+
+SIDE = 16
+WINDOW = 6
+MOTION_FRAMES = 2
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("animate")
+    torch.manual_seed(0)
+    model = RGBDPortraitModel.from_config(tiny_model_section(resolution=SIDE, default_steps=1))
+    model.save_pretrained(folder / "image")
+    motion = MotionLayers.for_backbone(
+        model.backbone,
+        audio_features=LogMelFeatures(n_mels=8),
+        num_attention_heads=4,
+        audio_token_dim=16,
+        max_frames=8,
+        window_frames=WINDOW,
+        motion_frames=MOTION_FRAMES,
+    )
+    model.add_motion_layers(motion)
+    model.save_pretrained(folder / "talking")
+    speech = synthesize_speech(np.random.default_rng(0), seconds=0.56, pitch_hz=130.0)  # 14 frames at 25 fps
+    soundfile.write(folder / "speech.wav", np.stack([speech.audio, speech.audio], axis=1), 16000)
+    soundfile.write(folder / "silence.wav", np.zeros(4000, dtype=np.float32), 16000)
+    portrait = np.random.default_rng(1).random((24, 20, 3))
+    Image.fromarray((portrait * 255).astype(np.uint8)).save(folder / "portrait.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pipeline(files):
+    pipe = RGBDPortraitPipeline.from_pretrained(files / "talking")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _quietly(function, *args, **kwargs):
+    """Run without the expected warnings (the random portrait has no face)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return function(*args, **kwargs)
+
+
+def test_windows_cover_long_audio_with_one_reference_pass_and_bounded_batches(files, pipeline):
+    model = pipeline.model
+    reference_runs, backbone_inputs = [], []
+    hooks = [
+        model.reference_net.register_forward_pre_hook(lambda module, args: reference_runs.append(1)),
+        model.backbone.register_forward_pre_hook(lambda module, args: backbone_inputs.append(args[0].detach())),
+    ]
+    try:
+        output = _quietly(
+            animate,
+            pipeline,
+            files / "portrait.png",
+            files / "speech.wav",
+            guidance_scale=2.0,
+            num_inference_steps=1,
+            generator=torch.Generator().manual_seed(0),
+        )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    frames = 14
+    assert output.rgb.shape == (frames, SIDE, SIDE, 3) and output.depth.shape == (frames, SIDE, SIDE)
+    assert output.depth.min() >= 0.0 and output.depth.max() <= 1.0
+    assert len(reference_runs) == 1
+    windows = window_count(frames, window_frames=WINDOW, motion_frames=MOTION_FRAMES)
+    assert windows == 3 and len(backbone_inputs) == windows
+    # Memory is bounded by the window: no backbone call holds more than a window (doubled for guidance).
+    assert max(batch.shape[0] for batch in backbone_inputs) == 2 * WINDOW
+    # Motion frames: every window after the first starts with known frames of both modalities (masks 1).
+    masks = [batch[:, -2:].amax(dim=(2, 3)) for batch in backbone_inputs]
+    assert not masks[0].any()
+    for window_masks in masks[1:]:
+        conditional = window_masks[window_masks.shape[0] // 2 :]
+        assert conditional[:MOTION_FRAMES].eq(1).all() and not conditional[MOTION_FRAMES:].any()
+
+
+def test_animation_is_reproducible(files, pipeline):
+    def run():
+        return _quietly(
+            animate,
+            pipeline,
+            files / "portrait.png",
+            files / "speech.wav",
+            seconds=0.2,
+            guidance_scale=1.0,
+            output_type="pt",
+            generator=torch.Generator().manual_seed(3),
+        )
+
+    first, second = run(), run()
+    assert first.rgb.shape == (5, 3, SIDE, SIDE)
+    assert torch.equal(first.rgb, second.rgb) and torch.equal(first.depth, second.depth)
+
+
+def _video_info(path):
+    frames = imageio_ffmpeg.read_frames(str(path))
+    meta = next(frames)
+    frames.close()
+    return imageio_ffmpeg.count_frames_and_secs(str(path))[0], meta
+
+
+def test_cli_writes_videos_with_audio_depth_stack_and_point_clouds(files, capsys):
+    out = files / "result"
+    arguments = ["animate", "--reference", str(files / "portrait.png"), "--audio", str(files / "speech.wav")]
+    arguments += ["--out", str(out), "--model", str(files / "talking"), "--seconds", "0.4", "--window", "5"]
+    arguments += ["--guidance", "1", "--point-clouds", "--no-progress"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main(arguments) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    for name in VIDEO_FILES:
+        count, meta = _video_info(out / name)
+        assert count == 10, name
+        assert "audio_codec" in meta, name
+        assert tuple(meta["size"]) == ((2 * SIDE, SIDE) if name == "side_by_side.mp4" else (SIDE, SIDE))
+    depth = np.load(out / "depth.npy", allow_pickle=False)
+    assert depth.shape == (10, SIDE, SIDE) and depth.dtype == np.float32
+    assert len(list((out / "point_clouds").glob("*.ply"))) == 10
+    record = json.loads((out / "result.json").read_text())
+    assert record["frames"] == 10 and record["fps"] == 25.0
+    assert not [path for path in files.iterdir() if path.name.startswith(".result")]
+    # The existing result is replaced only when asked.
+    assert main(arguments) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_silent_audio_and_a_faceless_reference_are_animated_with_warnings(files, pipeline):
+    with pytest.warns(UserWarning) as caught:
+        output = animate(pipeline, files / "portrait.png", files / "silence.wav", guidance_scale=1.0)
+    messages = " ".join(str(warning.message) for warning in caught)
+    assert "silent" in messages
+    if importlib.util.find_spec("mediapipe") is not None:  # without MediaPipe a face cannot be looked for
+        assert "no face" in messages
+    assert output.rgb.shape[0] == 6
+
+
+def test_bad_inputs_fail_before_loading_and_leave_nothing(files, pipeline, tmp_path, monkeypatch):
+    def no_model():
+        raise AssertionError("the model must not load for bad inputs")
+
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros(0, dtype=np.float32), 16000)
+    corrupt = tmp_path / "corrupt.flac"
+    corrupt.write_bytes(b"fLaC not really" * 10)
+    with pytest.raises(UserInputError, match="not found"):
+        run_animate(no_model, files / "portrait.png", tmp_path / "missing.wav", tmp_path / "out")
+    for bad in (empty, corrupt):
+        with pytest.raises(UserInputError, match=bad.name):
+            run_animate(pipeline, files / "portrait.png", bad, tmp_path / "out")
+    with pytest.raises(UserInputError, match="shorter than one frame"):
+        run_animate(pipeline, files / "portrait.png", files / "speech.wav", tmp_path / "out", seconds=0.01)
+    image_model = RGBDPortraitPipeline.from_pretrained(files / "image")
+    with pytest.raises(UserInputError, match="no motion layers"):
+        run_animate(image_model, files / "portrait.png", files / "speech.wav", tmp_path / "out")
+
+    # A failure after some frames were written leaves neither the result folder nor a temporary one.
+    windows_done = []
+
+    def failing_after_one_window(*args, **kwargs):
+        for chunk in real_iter(*args, **kwargs):
+            windows_done.append(chunk)
+            yield chunk
+            raise RuntimeError("interrupted")
+
+    real_iter = animation_export.iter_animation
+    monkeypatch.setattr(animation_export, "iter_animation", failing_after_one_window)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _quietly(
+            run_animate, pipeline, files / "portrait.png", files / "speech.wav", tmp_path / "out", guidance_scale=1.0
+        )
+    assert windows_done
+    assert not list(tmp_path.glob("*out*"))
