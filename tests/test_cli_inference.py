@@ -200,7 +200,7 @@ def test_existing_results_are_refused_before_the_model_loads(model_dir, inputs, 
         raise AssertionError("the model was loaded although the destination exists")
 
     with pytest.raises(UserInputError, match="already exists"):
-        run_depth(must_not_load, [inputs / "c.png", inputs / "a.png"], tmp_path, exports=["depth_npy"])
+        run_depth(must_not_load, [inputs / "c.png", inputs / "a.png"], tmp_path)
     assert not (tmp_path / "a").exists()
     assert _run(model_dir, *argv) == 2
     assert "already exists" in _error(capsys)

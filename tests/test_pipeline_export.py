@@ -9,7 +9,7 @@ from PIL import Image
 
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.pipelines import export
-from rgbd_portrait.pipelines.export import EXPORTS, ResultImages, write_result
+from rgbd_portrait.pipelines.export import EXPORTS, ExportOptions, ResultImages, write_result
 
 
 def _result(height=6, width=8) -> ResultImages:
@@ -60,25 +60,26 @@ def test_every_export_is_written_and_loads_back(tmp_path):
 
 
 def test_exports_choose_files_and_mesh_format(tmp_path):
-    folder = write_result(tmp_path / "x", _result(), record={}, exports=["mesh", "normals"], mesh_format="obj")
+    options = ExportOptions(exports=["mesh", "normals"], mesh_format="obj")
+    folder = write_result(tmp_path / "x", _result(), record={}, options=options)
     assert sorted(path.name for path in folder.iterdir()) == ["mesh.obj", "normals.png", "result.json"]
     assert len(trimesh.load(folder / "mesh.obj", force="mesh").vertices) > 0
     with pytest.raises(UserInputError, match="exports: unknown holo"):
-        write_result(tmp_path / "y", _result(), record={}, exports=["holo"])
+        write_result(tmp_path / "y", _result(), record={}, options=ExportOptions(exports=["holo"]))
     with pytest.raises(UserInputError, match="mesh_format: 'stl'"):
-        write_result(tmp_path / "y", _result(), record={}, mesh_format="stl")
+        write_result(tmp_path / "y", _result(), record={}, options=ExportOptions(mesh_format="stl"))
 
 
 def test_existing_folders_are_replaced_only_when_asked_and_only_results(tmp_path):
     folder = write_result(tmp_path / "face", _result(), record={"run": 1})
     with pytest.raises(UserInputError, match="already exists"):
         write_result(folder, _result(), record={"run": 2})
-    write_result(folder, _result(), record={"run": 2}, overwrite=True)
+    write_result(folder, _result(), record={"run": 2}, options=ExportOptions(overwrite=True))
     assert json.loads((folder / "result.json").read_text()) == {"run": 2}
     precious = tmp_path / "photos"
     precious.mkdir()
     with pytest.raises(UserInputError, match="not a result folder"):
-        write_result(precious, _result(), record={}, overwrite=True)
+        write_result(precious, _result(), record={}, options=ExportOptions(overwrite=True))
 
 
 def test_a_failing_export_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -87,5 +88,5 @@ def test_a_failing_export_leaves_nothing_behind(tmp_path, monkeypatch):
 
     monkeypatch.setattr(export, "write_mesh", broken)
     with pytest.raises(OSError, match="disk full"):
-        write_result(tmp_path / "face", _result(), record={}, exports=EXPORTS)
+        write_result(tmp_path / "face", _result(), record={}, options=ExportOptions(exports=EXPORTS))
     assert list(tmp_path.iterdir()) == []

@@ -58,8 +58,12 @@ def add_output_arguments(parser: argparse.ArgumentParser, *, match_input_size: b
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def exports_from(args: argparse.Namespace) -> list[str]:
-    return [name.strip() for name in args.exports.split(",") if name.strip()]
+def export_options(args: argparse.Namespace):
+    """The result files to write, from --exports, --mesh-format and --overwrite."""
+    from rgbd_portrait.pipelines.export import ExportOptions
+
+    exports = [name.strip() for name in args.exports.split(",") if name.strip()]
+    return ExportOptions(exports=exports, mesh_format=args.mesh_format, overwrite=args.overwrite)
 
 
 def pipeline_options(args: argparse.Namespace) -> dict:

@@ -7,7 +7,7 @@ import argparse
 from rgbd_portrait.cli.common import (
     add_model_arguments,
     add_output_arguments,
-    exports_from,
+    export_options,
     pipeline_loader,
     pipeline_options,
 )
@@ -49,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
         mask=args.mask,
         batch_size=args.batch_size,
         seed=args.seed,
-        exports=exports_from(args),
-        mesh_format=args.mesh_format,
-        overwrite=args.overwrite,
+        export=export_options(args),
         progress=not args.no_progress,
         reference=args.reference,
         ensemble_size=args.ensemble,

@@ -7,7 +7,7 @@ import argparse
 from rgbd_portrait.cli.common import (
     add_model_arguments,
     add_output_arguments,
-    exports_from,
+    export_options,
     pipeline_loader,
     pipeline_options,
 )
@@ -53,9 +53,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         num_samples=args.samples,
         seed=args.seed,
-        exports=exports_from(args),
-        mesh_format=args.mesh_format,
-        overwrite=args.overwrite,
+        export=export_options(args),
         known_image=args.known_image,
         known_image_mask=args.known_image_mask,
         known_depth=args.known_depth,

@@ -8,7 +8,7 @@ from pathlib import Path
 from rgbd_portrait.cli.common import (
     add_model_arguments,
     add_output_arguments,
-    exports_from,
+    export_options,
     pipeline_loader,
     pipeline_options,
 )
@@ -109,9 +109,7 @@ def run(args: argparse.Namespace) -> int:
         depth=args.depth,
         mask=args.mask,
         seed=args.seed,
-        exports=exports_from(args),
-        mesh_format=args.mesh_format,
-        overwrite=args.overwrite,
+        export=export_options(args),
         ambient=args.ambient,
         regenerate=args.regenerate,
         ensemble_size=args.ensemble,

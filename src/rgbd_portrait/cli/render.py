@@ -7,7 +7,7 @@ import argparse
 from rgbd_portrait.cli.common import (
     add_model_arguments,
     add_output_arguments,
-    exports_from,
+    export_options,
     pipeline_loader,
     pipeline_options,
 )
@@ -51,9 +51,7 @@ def run(args: argparse.Namespace) -> int:
         mask=args.mask,
         num_samples=args.samples,
         seed=args.seed,
-        exports=exports_from(args),
-        mesh_format=args.mesh_format,
-        overwrite=args.overwrite,
+        export=export_options(args),
         training_free=args.training_free,
         **options,
     )

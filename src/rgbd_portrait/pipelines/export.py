@@ -69,14 +69,6 @@ class ResultImages:
     rgb_caption: str | None = "rgb"
 
 
-def check_exports(exports: Sequence[str], mesh_format: str) -> None:
-    unknown = sorted(set(exports) - set(EXPORTS))
-    if unknown:
-        raise UserInputError(f"exports: unknown {', '.join(unknown)}; choose from {', '.join(EXPORTS)}")
-    if mesh_format not in MESH_FORMATS:
-        raise UserInputError(f"mesh_format: {mesh_format!r} is not one of {', '.join(MESH_FORMATS)}")
-
-
 def result_images(output: RGBDPortraitOutput) -> list[ResultImages]:
     """Split an `output_type="np"` pipeline output into one `ResultImages` per result."""
     if not isinstance(output.depth[0], np.ndarray):
@@ -148,23 +140,43 @@ def check_destination(folder: str | os.PathLike, *, overwrite: bool) -> None:
         raise UserInputError(f"{folder}: exists and is not a result folder; refusing to replace it")
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """Which files to write (`EXPORTS` names), the mesh format, and whether to replace existing results."""
+
+    exports: Sequence[str] = EXPORTS
+    mesh_format: str = "glb"
+    overwrite: bool = False
+
+    def check(self, folders: Sequence[str | os.PathLike] = ()) -> None:
+        """Validate the options and the destinations, before any work."""
+        unknown = sorted(set(self.exports) - set(EXPORTS))
+        if unknown:
+            raise UserInputError(f"exports: unknown {', '.join(unknown)}; choose from {', '.join(EXPORTS)}")
+        if self.mesh_format not in MESH_FORMATS:
+            raise UserInputError(f"mesh_format: {self.mesh_format!r} is not one of {', '.join(MESH_FORMATS)}")
+        for folder in folders:
+            check_destination(folder, overwrite=self.overwrite)
+
+
+# Every file, nothing replaced: the default everywhere.
+DEFAULT_EXPORT = ExportOptions()
+
+
 def write_result(
     folder: str | os.PathLike,
     result: ResultImages,
     *,
     record: dict[str, Any],
-    exports: Sequence[str] = EXPORTS,
-    mesh_format: str = "glb",
-    overwrite: bool = False,
+    options: ExportOptions = DEFAULT_EXPORT,
 ) -> Path:
     """Write `result` to `folder` (see the module docstring); `record` goes to result.json."""
-    check_exports(exports, mesh_format)
     folder = Path(folder)
-    check_destination(folder, overwrite=overwrite)
+    options.check([folder])
     folder.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
-        _write_files(temporary, result, exports, mesh_format)
+        _write_files(temporary, result, options.exports, options.mesh_format)
         (temporary / RESULT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         previous = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.old")
         if folder.exists():

@@ -22,13 +22,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from rgbd_portrait.data.image_io import load_depth, load_image
 from rgbd_portrait.errors import UserInputError
-from rgbd_portrait.pipelines.export import check_destination, check_exports, result_images, write_result
-from rgbd_portrait.pipelines.export_names import EXPORTS
+from rgbd_portrait.pipelines.export import DEFAULT_EXPORT, ExportOptions, result_images, write_result
+from rgbd_portrait.pipelines.output import RGBDPortraitOutput
 from rgbd_portrait.pipelines.pipeline import LightInput, RGBDPortraitPipeline
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -78,22 +79,34 @@ def result_names(paths: Sequence[Path]) -> list[str]:
     return unique
 
 
-def _check_destinations(folders: Sequence[Path], *, overwrite: bool) -> None:
-    for folder in folders:
-        check_destination(folder, overwrite=overwrite)
-
-
 def _generator(seed: int) -> torch.Generator:
     # Noise is drawn on the CPU, so a seed gives the same noise on every device.
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
 def _record(task: str, options: dict[str, Any], **files: Any) -> dict[str, Any]:
-    serialisable = {
+    """result.json: the task, the input files and the options, as JSON values."""
+    values = {
         key: value if isinstance(value, int | float | str | bool | None) else str(value)
         for key, value in options.items()
     }
-    return {"task": task, **{key: str(value) for key, value in files.items() if value is not None}, **serialisable}
+    return {"task": task, **{key: str(value) for key, value in files.items() if value is not None}, **values}
+
+
+def _write_samples(
+    output: RGBDPortraitOutput,
+    folders: Sequence[Path],
+    export: ExportOptions,
+    *,
+    preview_inputs: list[tuple[str, np.ndarray]],
+    record: dict[str, Any],
+) -> list[Path]:
+    """One folder per sample of a single-input task; the sample index goes to each result.json."""
+    written = []
+    for index, result in enumerate(result_images(output)):
+        result.preview_inputs = preview_inputs
+        written.append(write_result(folders[index], result, record=record | {"sample": index}, options=export))
+    return written
 
 
 def run_depth(
@@ -104,9 +117,7 @@ def run_depth(
     mask: str | os.PathLike | None = None,
     batch_size: int = 4,
     seed: int = 0,
-    exports: Sequence[str] = EXPORTS,
-    mesh_format: str = "glb",
-    overwrite: bool = False,
+    export: ExportOptions = DEFAULT_EXPORT,
     progress: bool = True,
     **options: Any,
 ) -> list[Path]:
@@ -114,14 +125,13 @@ def run_depth(
 
     `mask` (optional, one mask file) applies to a single input image.
     """
-    check_exports(exports, mesh_format)
     if batch_size <= 0:
         raise UserInputError(f"batch_size: must be positive, got {batch_size}")
     paths = collect_images(inputs)
     if mask is not None and len(paths) != 1:
         raise UserInputError(f"{mask}: a mask file applies to one input image, got {len(paths)} images")
     folders = [Path(out_dir) / name for name in result_names(paths)]
-    _check_destinations(folders, overwrite=overwrite)
+    export.check(folders)
     pipeline = _pipeline(pipeline)
     written = []
     with tqdm(total=len(paths), desc="depth", unit="image", disable=not progress) as bar:
@@ -139,16 +149,7 @@ def run_depth(
                 result.preview_inputs = [("input", result.rgb)]
                 result.rgb_caption = None
                 record = _record("image_to_depth", options | {"seed": seed + index}, image=paths[index], mask=mask)
-                written.append(
-                    write_result(
-                        folders[index],
-                        result,
-                        record=record,
-                        exports=exports,
-                        mesh_format=mesh_format,
-                        overwrite=overwrite,
-                    )
-                )
+                written.append(write_result(folders[index], result, record=record, options=export))
             bar.update(len(batch))
     return written
 
@@ -160,30 +161,19 @@ def run_generate(
     *,
     num_samples: int = 1,
     seed: int = 0,
-    exports: Sequence[str] = EXPORTS,
-    mesh_format: str = "glb",
-    overwrite: bool = False,
+    export: ExportOptions = DEFAULT_EXPORT,
     **options: Any,
 ) -> list[Path]:
     """Joint generation from one reference file; `options` go to `generate` (e.g. `known_depth=PATH`)."""
-    check_exports(exports, mesh_format)
     reference = Path(reference)
     folders = [Path(out_dir) / f"{reference.stem}_{index}" for index in range(num_samples)]
-    _check_destinations(folders, overwrite=overwrite)
+    export.check(folders)
     reference_image = load_image(reference)
     output = _pipeline(pipeline).generate(
         reference_image, num_samples=num_samples, generator=_generator(seed), output_type="np", **options
     )
-    written = []
-    for index, result in enumerate(result_images(output)):
-        result.preview_inputs = [("reference", reference_image)]
-        record = _record("joint", options | {"seed": seed, "sample": index}, reference=reference)
-        written.append(
-            write_result(
-                folders[index], result, record=record, exports=exports, mesh_format=mesh_format, overwrite=overwrite
-            )
-        )
-    return written
+    record = _record("joint", options | {"seed": seed}, reference=reference)
+    return _write_samples(output, folders, export, preview_inputs=[("reference", reference_image)], record=record)
 
 
 def run_render(
@@ -195,16 +185,13 @@ def run_render(
     mask: str | os.PathLike | None = None,
     num_samples: int = 1,
     seed: int = 0,
-    exports: Sequence[str] = EXPORTS,
-    mesh_format: str = "glb",
-    overwrite: bool = False,
+    export: ExportOptions = DEFAULT_EXPORT,
     **options: Any,
 ) -> list[Path]:
     """Depth→image from a depth file and a reference file; `options` go to `render`."""
-    check_exports(exports, mesh_format)
     depth, reference = Path(depth), Path(reference)
     folders = [Path(out_dir) / f"{depth.stem}_{index}" for index in range(num_samples)]
-    _check_destinations(folders, overwrite=overwrite)
+    export.check(folders)
     reference_image = load_image(reference)
     load_depth(depth, mask_path=mask)  # fail on a bad depth or mask file before the model loads
     output = _pipeline(pipeline).render(
@@ -216,18 +203,8 @@ def run_render(
         output_type="np",
         **options,
     )
-    written = []
-    for index, result in enumerate(result_images(output)):
-        result.preview_inputs = [("reference", reference_image)]
-        record = _record(
-            "depth_to_image", options | {"seed": seed, "sample": index}, depth=depth, reference=reference, mask=mask
-        )
-        written.append(
-            write_result(
-                folders[index], result, record=record, exports=exports, mesh_format=mesh_format, overwrite=overwrite
-            )
-        )
-    return written
+    record = _record("depth_to_image", options | {"seed": seed}, depth=depth, reference=reference, mask=mask)
+    return _write_samples(output, folders, export, preview_inputs=[("reference", reference_image)], record=record)
 
 
 def run_relight(
@@ -239,16 +216,13 @@ def run_relight(
     depth: str | os.PathLike | None = None,
     mask: str | os.PathLike | None = None,
     seed: int = 0,
-    exports: Sequence[str] = EXPORTS,
-    mesh_format: str = "glb",
-    overwrite: bool = False,
+    export: ExportOptions = DEFAULT_EXPORT,
     **options: Any,
 ) -> Path:
     """Relight one image file (depth from `depth` or predicted); `options` go to `relight`."""
-    check_exports(exports, mesh_format)
     image = Path(image)
     folder = Path(out_dir) / image.stem
-    check_destination(folder, overwrite=overwrite)
+    export.check([folder])
     input_image = load_image(image)
     if depth is not None:
         load_depth(depth)  # fail on a bad depth file before the model loads
@@ -265,4 +239,4 @@ def run_relight(
     result.preview_inputs = [("input", input_image)]
     result.rgb_caption = "relit"
     record = _record("relight", options | {"seed": seed, "light": light}, image=image, depth=depth, mask=mask)
-    return write_result(folder, result, record=record, exports=exports, mesh_format=mesh_format, overwrite=overwrite)
+    return write_result(folder, result, record=record, options=export)

@@ -118,6 +118,30 @@ def _map_back(item: _Item) -> _Item:
     )
 
 
+def _image_items(
+    images: list[LoadedImage],
+    masks: list[np.ndarray | None],
+    fits: list[SquareFit],
+    pixels: torch.Tensor,
+    fitted_masks: torch.Tensor,
+    depth: torch.Tensor,
+    uncertainty: torch.Tensor | None,
+) -> list[_Item]:
+    """Results about input images: each image as the RGB, with its depth (and uncertainty) and masks."""
+    return [
+        _Item(
+            rgb=pixels[index],
+            depth=depth[index],
+            mask=fitted_masks[index],
+            uncertainty=None if uncertainty is None else uncertainty[index],
+            fit=fits[index],
+            original_rgb=image.pixels,
+            original_mask=masks[index],
+        )
+        for index, image in enumerate(images)
+    ]
+
+
 def _normals(item: _Item) -> torch.Tensor:
     return normals_from_relative_depth(item.depth[0], mask=item.mask[0])
 
@@ -617,18 +641,7 @@ class RGBDPortraitPipeline:
             generator=generator,
             latents=latents,
         )
-        items = [
-            _Item(
-                rgb=pixels[index],
-                depth=depth[index],
-                mask=fitted_masks[index],
-                uncertainty=None if uncertainty is None else uncertainty[index],
-                fit=fits[index],
-                original_rgb=images[index].pixels,
-                original_mask=masks[index],
-            )
-            for index in range(len(images))
-        ]
+        items = _image_items(images, masks, fits, pixels, fitted_masks, depth, uncertainty)
         output = self._finish(items, latents=first_latents, output_type=output_type, match_input_size=match_input_size)
         return self._return(output, return_dict)
 
@@ -770,18 +783,7 @@ class RGBDPortraitPipeline:
             unit_depth = to_unit_range(normalized)
             fitted_masks = fitted_masks & valid
             masks = [depth_.valid if user is None else depth_.valid & user for depth_, user in zip(depths, masks)]
-        items = [
-            _Item(
-                rgb=pixels[index],
-                depth=unit_depth[index],
-                mask=fitted_masks[index],
-                uncertainty=None if uncertainty is None else uncertainty[index],
-                fit=fits[index],
-                original_rgb=images[index].pixels,
-                original_mask=masks[index],
-            )
-            for index in range(len(images))
-        ]
+        items = _image_items(images, masks, fits, pixels, fitted_masks, unit_depth, uncertainty)
         if match_input_size:
             items = [_map_back(item) for item in items]
 
