@@ -30,6 +30,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+from diffusers import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
@@ -37,6 +38,8 @@ from rgbd_portrait.data.audio import AudioTrack, audio_windows, load_audio, make
 from rgbd_portrait.data.image_io import to_uint8_rgb
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models.motion import MotionLayers
+from rgbd_portrait.models.reference import ReferenceFeatures
+from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
 from rgbd_portrait.pipelines.inputs import ImageInput, read_images
 from rgbd_portrait.pipelines.output import OutputType, check_output_type, convert_images
 from rgbd_portrait.pipelines.pipeline import DEFAULT_GUIDANCE_SCALE, RGBDPortraitPipeline
@@ -171,6 +174,58 @@ def resolve_window(window_frames: int | None, motion_frames: int | None, motion:
     return window_frames, motion_frames
 
 
+def sample_clip(
+    model: RGBDPortraitModel,
+    reference: ReferenceFeatures,
+    audio: torch.Tensor,
+    *,
+    scheduler: SchedulerMixin,
+    num_inference_steps: int,
+    motion_latents: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One window: clean `[rgb, depth]` latents (F, 2C, h, w) of a clip of F frames of one reference.
+
+    `reference` holds the features of that one reference (from `model.encode_reference`), `audio` (F, 2r + 1, D)
+    each frame's audio window; `motion_latents` (M, 2C, h, w), if given, are the clip's first M frames, known.
+    """
+    motion = model.motion
+    count = audio.shape[0]
+    given = 0 if motion_latents is None else motion_latents.shape[0]
+    device, dtype = model.backbone.device, model.backbone.dtype
+    features = reference.repeat_each(count)
+    audio = audio.to(device)
+    drop_audio = torch.zeros(count, dtype=torch.bool)
+    if guidance_scale > 1.0:
+        features = with_unconditional_branch(model, features)
+        audio = torch.cat([audio, audio])
+        drop_audio = torch.cat([torch.ones(count, dtype=torch.bool), drop_audio])
+    shape = (count, 2 * model.latent_channels, *reference.latent_size)
+    known = torch.zeros(shape, device=device, dtype=dtype)
+    known_mask = torch.zeros_like(known)
+    if given:
+        known[:given] = motion_latents
+        known_mask[:given] = 1.0
+    noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    with motion.frames(count, batch_size=features.batch_size, audio_windows=audio, drop_audio=drop_audio):
+        return sample_latents(
+            model,
+            noise * scheduler.init_noise_sigma,
+            scheduler.timesteps,
+            scheduler=scheduler,
+            reference=features,
+            noise=noise,
+            known=known,
+            known_mask=known_mask,
+            conditioning="channels",
+            guidance_scale=guidance_scale,
+            generator=generator,
+            progress_bar_config={"disable": True},
+        )
+
+
 @torch.no_grad()
 def iter_animation(
     pipeline: RGBDPortraitPipeline,
@@ -197,52 +252,26 @@ def iter_animation(
         # The motion layers are small and run inside the backbone's calls: they stay on the compute device.
         motion.to(pipeline._offload_device)
     reference = pipeline._encode_reference(prepared.reference[None])  # the only reference-net run of the call
-    channels = model.latent_channels
-    latent_size = reference.latent_size
-    radius = motion.config.audio_radius
     total = prepared.frame_count
     previous: torch.Tensor | None = None  # clean latents of the last frames generated
-    guided = guidance_scale > 1.0
     progress = tqdm(total=total, desc="animating", unit="frame", disable=not show_progress, **_outer_bar(pipeline))
     first = 0
     try:
         while first < total:
             given = 0 if previous is None else min(motion_frames, previous.shape[0])
             new = min(window_frames - given, total - first)
-            count = given + new
             frame_numbers = range(first - given, first + new)
-            windows = torch.from_numpy(audio_windows(prepared.frame_features, frame_numbers, radius=radius))
-            windows = windows.to(pipeline.device)
-            features = reference.repeat_each(count)
-            drop_audio = torch.zeros(count, dtype=torch.bool)
-            if guided:
-                features = with_unconditional_branch(model, features)
-                windows = torch.cat([windows, windows])
-                drop_audio = torch.cat([torch.ones(count, dtype=torch.bool), drop_audio])
-
-            shape = (count, 2 * channels, *latent_size)
-            known = torch.zeros(shape, device=pipeline.device, dtype=pipeline.dtype)
-            known_mask = torch.zeros_like(known)
-            if given:
-                known[:given] = previous[-given:]
-                known_mask[:given] = 1.0
-            noise = randn_tensor(shape, generator=generator, device=pipeline.device, dtype=pipeline.dtype)
-            pipeline.scheduler.set_timesteps(steps, device=pipeline.device)
-            with motion.frames(count, batch_size=features.batch_size, audio_windows=windows, drop_audio=drop_audio):
-                latents = sample_latents(
-                    model,
-                    noise * pipeline.scheduler.init_noise_sigma,
-                    pipeline.scheduler.timesteps,
-                    scheduler=pipeline.scheduler,
-                    reference=features,
-                    noise=noise,
-                    known=known,
-                    known_mask=known_mask,
-                    conditioning="channels",
-                    guidance_scale=guidance_scale,
-                    generator=generator,
-                    progress_bar_config={"disable": True},
-                )
+            audio = audio_windows(prepared.frame_features, frame_numbers, radius=motion.config.audio_radius)
+            latents = sample_clip(
+                model,
+                reference,
+                torch.from_numpy(audio),
+                scheduler=pipeline.scheduler,
+                num_inference_steps=steps,
+                motion_latents=previous[-given:] if given else None,
+                guidance_scale=guidance_scale,
+                generator=generator,
+            )
             previous = latents[-motion_frames:] if motion_frames else None
             rgb, depth = pipeline._decode(latents[given:])
             yield AnimationChunk(first_frame=first, rgb=rgb, depth=depth)

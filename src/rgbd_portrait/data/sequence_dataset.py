@@ -1,0 +1,170 @@
+"""Training clips from talking sequences: consecutive frames, each frame's audio, and a reference frame.
+
+`TalkingClipDataset(root, audio_features=...)` finds every sequence folder below `root` (the layout of
+`rgbd_portrait.data.sample_format`: written by `rgbd-portrait synth --sequences` and by `rgbd-portrait prepare`
+for videos) and serves every run of `clip_frames` consecutive frames present in a sequence. Frames are read by
+a `PortraitDataset` over the sequence's `frames/` folder, so they have exactly the image data set's tensors
+(depth normalised per frame, the Marigold convention the model is trained with).
+
+Items (default collation works on them; F = clip_frames, W = 2·audio_radius + 1):
+    rgb            (F, 3, H, W) float in [-1, 1]
+    depth          (F, 1, H, W) float in [-1, 1], background +1
+    mask           (F, 1, H, W) float, 1 on the person
+    audio          (F, W, D) each frame's audio features with its ± audio_radius neighbours
+    reference_rgb  (3, H, W) another frame of the same sequence, outside the clip when there is one
+    frame_index    (F,) int64 the frames' indices in their sequence
+    identity, key  strings
+The reference of item i in epoch e is fixed by (seed, e, i), as in `PortraitDataset`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rgbd_portrait.data.audio import AudioFeatures, audio_windows
+from rgbd_portrait.data.dataset import SPLITS, PortraitDataset
+from rgbd_portrait.data.sample_format import FRAMES_FOLDER, is_sequence, read_meta, read_sequence_audio
+from rgbd_portrait.errors import UserInputError
+
+
+def find_sequences(root: str | os.PathLike) -> list[Path]:
+    """Sequence folders at or below `root`, sorted; hidden (unfinished) folders are skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserInputError(f"{root}: data folder not found")
+    found = []
+    for directory, subfolders, _files in os.walk(root):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        if is_sequence(directory):
+            found.append(Path(directory))
+            subfolders.clear()
+    return sorted(found)
+
+
+@dataclass
+class _Sequence:
+    folder: Path
+    identity: str
+    fps: float
+    frame_count: int
+    frames: PortraitDataset  # its entries in time order
+    position: dict[int, int]  # frame index → entry of `frames`
+
+
+@dataclass(frozen=True)
+class _Clip:
+    sequence: int
+    first_frame: int
+
+
+def _frame_index(key: str, folder: Path) -> int:
+    try:
+        return int(Path(key).name)
+    except ValueError as error:
+        raise UserInputError(f"{folder / FRAMES_FOLDER / key}: frame folder names must be frame numbers") from error
+
+
+class TalkingClipDataset(Dataset):
+    """Clips of `clip_frames` consecutive frames of the sequences of one split (see the module docstring)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        audio_features: AudioFeatures,
+        split: str | None = "train",
+        resolution: int | None = None,
+        clip_frames: int = 8,
+        audio_radius: int = 2,
+        seed: int = 0,
+    ):
+        if split is not None and split not in SPLITS:
+            raise UserInputError(f"split {split!r}: expected one of {', '.join(SPLITS)} (or None for all)")
+        if clip_frames <= 0:
+            raise UserInputError(f"clip_frames: must be positive, got {clip_frames}")
+        if audio_radius < 0:
+            raise UserInputError(f"audio_radius: must not be negative, got {audio_radius}")
+        self.audio_features = audio_features
+        self.clip_frames = clip_frames
+        self.audio_radius = audio_radius
+        self.resolution = resolution
+        self.seed = seed
+        self.epoch = 0
+        self.sequences: list[_Sequence] = []
+        self.clips: list[_Clip] = []
+        for folder in find_sequences(root):
+            meta = read_meta(folder)
+            if split is not None and meta.get("split", "train") != split:
+                continue
+            frames = PortraitDataset(folder / FRAMES_FOLDER, split=None, resolution=resolution, seed=seed)
+            position = {_frame_index(entry.key, folder): index for index, entry in enumerate(frames.entries)}
+            sequence = _Sequence(
+                folder=folder,
+                identity=str(meta.get("identity", folder.name)),
+                fps=float(meta["fps"]),
+                frame_count=int(meta.get("frame_count", max(position, default=-1) + 1)),
+                frames=frames,
+                position=position,
+            )
+            number = len(self.sequences)
+            self.sequences.append(sequence)
+            # Every run of clip_frames consecutive frames present (prepared videos miss frames without a face).
+            self.clips += [
+                _Clip(number, first)
+                for first in sorted(position)
+                if all(first + offset in position for offset in range(clip_frames))
+            ]
+        self._features: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def frame_features(self, sequence_number: int) -> np.ndarray:
+        """Audio features (frame_count, D) of a whole sequence, computed once and kept."""
+        if sequence_number not in self._features:
+            sequence = self.sequences[sequence_number]
+            samples, sample_rate = read_sequence_audio(sequence.folder)
+            self._features[sequence_number] = self.audio_features.frame_features(
+                samples, sample_rate, fps=sequence.fps, frame_count=sequence.frame_count
+            )
+        return self._features[sequence_number]
+
+    def _reference_frame(self, clip: _Clip, index: int, epoch: int) -> int:
+        sequence = self.sequences[clip.sequence]
+        outside = [frame for frame in sorted(sequence.position) if not 0 <= frame - clip.first_frame < self.clip_frames]
+        candidates = outside or sorted(sequence.position)
+        return candidates[int(np.random.default_rng([self.seed, epoch, index]).integers(len(candidates)))]
+
+    def get(self, index: int, *, epoch: int | None = None) -> dict[str, Any]:
+        if not 0 <= index < len(self.clips):
+            raise IndexError(f"index {index} out of range for {len(self.clips)} clips")
+        epoch = self.epoch if epoch is None else epoch
+        clip = self.clips[index]
+        sequence = self.sequences[clip.sequence]
+        frame_numbers = list(range(clip.first_frame, clip.first_frame + self.clip_frames))
+        items = [sequence.frames.get(sequence.position[frame], epoch=epoch) for frame in frame_numbers]
+        reference = sequence.frames.get(sequence.position[self._reference_frame(clip, index, epoch)], epoch=epoch)
+        windows = audio_windows(self.frame_features(clip.sequence), frame_numbers, radius=self.audio_radius)
+        return {
+            "rgb": torch.stack([item["rgb"] for item in items]),
+            "depth": torch.stack([item["depth"] for item in items]),
+            "mask": torch.stack([item["mask"] for item in items]),
+            "audio": torch.from_numpy(windows),
+            "reference_rgb": reference["rgb"],
+            "frame_index": torch.tensor(frame_numbers, dtype=torch.int64),
+            "identity": sequence.identity,
+            "key": f"{sequence.folder.name}:{clip.first_frame:06d}",
+        }
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.get(index)

@@ -1,0 +1,62 @@
+"""Training clips from talking sequences: consecutive frames only, audio per frame, references, splits."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from animate_support import write_fake_sequence
+from rgbd_portrait.data.audio import LogMelFeatures, audio_windows
+from rgbd_portrait.data.sample_format import read_sequence_audio
+from rgbd_portrait.data.sequence_dataset import TalkingClipDataset, find_sequences
+from rgbd_portrait.errors import UserInputError
+
+CLIP = 4
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sequences")
+    write_fake_sequence(root / "sequences" / "train" / "a_talk000", identity="a", split="train", seconds=0.4, seed=1)
+    # A prepared video missing frame 5 (no face found there).
+    write_fake_sequence(root / "videos" / "b", identity="b", split="train", seconds=0.4, seed=2, missing=(5,))
+    write_fake_sequence(root / "sequences" / "val" / "c_talk001", identity="c", split="val", seconds=0.2, seed=3)
+    return root
+
+
+def test_clips_are_runs_of_consecutive_frames_with_their_audio(root):
+    features = LogMelFeatures(n_mels=8)
+    clips = TalkingClipDataset(root, audio_features=features, clip_frames=CLIP, audio_radius=1)
+    assert len(find_sequences(root)) == 3
+    # 10 frames → 7 clips; frames 0-4 and 6-9 of the video → 2 + 1 clips.
+    assert len(clips) == 7 + 3
+    starts = sorted(int(item["frame_index"][0]) for item in (clips[index] for index in range(7, 10)))
+    assert starts == [0, 1, 6]
+
+    item = clips[2]
+    assert item["rgb"].shape == (CLIP, 3, 16, 16) and item["depth"].shape == (CLIP, 1, 16, 16)
+    assert item["mask"].shape == (CLIP, 1, 16, 16) and item["audio"].shape == (CLIP, 3, 8)
+    assert item["identity"] == "a"
+    assert torch.equal(item["frame_index"], torch.arange(2, 2 + CLIP))
+    samples, rate = read_sequence_audio(root / "sequences" / "train" / "a_talk000")
+    expected = features.frame_features(samples, rate, fps=25, frame_count=10)
+    np.testing.assert_allclose(item["audio"].numpy(), audio_windows(expected, range(2, 2 + CLIP), radius=1))
+    # The reference is another frame of the sequence, outside the clip, fixed by (seed, epoch, index).
+    frames = [clips.sequences[0].frames.get(index)["rgb"] for index in range(10)]
+    matches = [index for index, frame in enumerate(frames) if torch.equal(frame, item["reference_rgb"])]
+    assert matches and not 2 <= matches[0] < 2 + CLIP
+    assert torch.equal(clips.get(2, epoch=3)["reference_rgb"], clips.get(2, epoch=3)["reference_rgb"])
+
+    batch = next(iter(DataLoader(clips, batch_size=2)))
+    assert batch["rgb"].shape == (2, CLIP, 3, 16, 16) and batch["audio"].shape == (2, CLIP, 3, 8)
+
+
+def test_splits_and_short_sequences(root, tmp_path):
+    features = LogMelFeatures(n_mels=8)
+    assert len(TalkingClipDataset(root, audio_features=features, split="val", clip_frames=CLIP)) == 2
+    assert len(TalkingClipDataset(root, audio_features=features, split="val", clip_frames=6)) == 0
+    assert len(TalkingClipDataset(root, audio_features=features, split=None, clip_frames=CLIP, resolution=8)) == 12
+    with pytest.raises(UserInputError, match="clip_frames"):
+        TalkingClipDataset(root, audio_features=features, clip_frames=0)
+    with pytest.raises(UserInputError, match="not found"):
+        TalkingClipDataset(tmp_path / "missing", audio_features=features)
