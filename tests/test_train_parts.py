@@ -1,6 +1,7 @@
 """Stand-alone parts of the training engine: config, sample order, optimizer/EMA state, checkpoints, logs."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,6 +45,20 @@ def test_config_overrides_and_defaults(config_file):
     assert config.train.stages == ["codec", "joint"]
     assert config.train.codec.kl_weight == pytest.approx(1e-6)
     assert config.model == {"name": "tiny"}
+
+
+def test_model_override_replaces_the_whole_section(config_file):
+    config = load_config(config_file, ["model={pretrained: /models/rgbd}", "model.pretrained=/models/other"])
+    assert config.model == {"pretrained": "/models/other"}
+    assert load_config(config_file, ["model.depth=2"]).model == {"name": "tiny", "depth": 2}
+    with pytest.raises(UserInputError, match="expected a mapping"):
+        load_config(config_file, ["model=3"])
+
+
+def test_shipped_configs_load():
+    for name in ("default", "tiny", "sd15", "sd21"):
+        config = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+        assert config.model and config.data.root and config.train.output_dir
 
 
 @pytest.mark.parametrize(

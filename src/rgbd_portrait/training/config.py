@@ -9,6 +9,9 @@ A config file has three sections::
 `load_config` merges the file and the overrides onto the schema, so an unknown key, a value of the wrong
 type or an impossible value is a one-line `UserInputError` before any work starts. Model-specific defaults
 (resolution, prediction type, noise schedule) live in the model section, not here.
+
+An override `model.KEY=VALUE` changes one entry of the model section; `model={pretrained: DIR}` (the key
+`model` alone) replaces the whole section, e.g. to train a checkpoint written by `rgbd-portrait init`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ class SynthesisConfig:
 
     identities: int = 48
     samples_per_identity: int = 6
+    # Relit images are not used in training; render them to reuse the data set for relighting evaluation.
+    relights: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
     seed: int = 0
 
 
@@ -146,13 +153,17 @@ def _describe(error: OmegaConfBaseException) -> str:
     return f"{message} (key {key})" if key and str(key) not in message else message
 
 
-def _parse_overrides(overrides: Sequence[str]) -> Any:
+def _parse_overrides(overrides: Sequence[str]) -> tuple[Any, Any]:
+    """(merged dotted overrides, replacement model section or None)."""
     for override in overrides:
         key, separator, _ = override.partition("=")
         if not separator or not key.strip():
             raise UserInputError(f"override {override!r}: expected key=value, e.g. train.seed=1")
+    replacements = [override for override in overrides if override.partition("=")[0].strip() == "model"]
+    dotted = [override for override in overrides if override not in replacements]
     try:
-        return OmegaConf.from_dotlist(list(overrides))
+        model = OmegaConf.from_dotlist(replacements[-1:]).model if replacements else None
+        return OmegaConf.from_dotlist(dotted), model
     except OmegaConfBaseException as error:
         raise UserInputError(f"overrides: {_describe(error)}") from error
 
@@ -173,8 +184,13 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
             merged = OmegaConf.merge(merged, file_config)
         except OmegaConfBaseException as error:
             raise UserInputError(f"{path}: {_describe(error)}") from error
+    dotted, model = _parse_overrides(overrides)
     try:
-        merged = OmegaConf.merge(merged, _parse_overrides(overrides))
+        if model is not None:
+            if not OmegaConf.is_dict(model):
+                raise UserInputError(f"override model={model}: expected a mapping, e.g. model={{pretrained: DIR}}")
+            merged.model = model
+        merged = OmegaConf.merge(merged, dotted)
     except OmegaConfBaseException as error:
         raise UserInputError(f"overrides: {_describe(error)}") from error
     source = str(path) if path is not None else "config"

@@ -31,7 +31,7 @@ def check_data_folder(data: DataConfig) -> None:
         raise UserInputError(f"data.root: {root} not found (set data.synthesize to render a synthetic data set there)")
 
 
-def render_data_folder(data: DataConfig, *, resolution: int, show_progress: bool) -> None:
+def render_data_folder(data: DataConfig, *, resolution: int, device: torch.device, show_progress: bool) -> None:
     """Render the synthetic data set described by `data.synthesize` into `data.root`."""
     from rgbd_portrait.data.synth import render_dataset
 
@@ -41,17 +41,26 @@ def render_data_folder(data: DataConfig, *, resolution: int, show_progress: bool
         identities=settings.identities,
         samples_per_identity=settings.samples_per_identity,
         size=resolution,
+        relights=settings.relights,
+        val_fraction=settings.val_fraction,
+        test_fraction=settings.test_fraction,
         seed=settings.seed,
+        device="cuda" if device.type == "cuda" else "cpu",
         show_progress=show_progress,
     )
 
 
-def open_split(data: DataConfig, split: str, *, resolution: int, seed: int) -> PortraitDataset:
-    """The data set of one split; an empty split is a one-line error naming the folder and the split."""
+def open_split(data: DataConfig, *, validation: bool, resolution: int, seed: int) -> PortraitDataset:
+    """The training or validation data set; an empty one is a one-line error naming the folder and split."""
     from rgbd_portrait.data.dataset import PortraitDataset
 
+    split = data.validation_split if validation else data.train_split
     dataset = PortraitDataset(data.root, split=split, resolution=resolution, seed=seed)
     if len(dataset) == 0:
+        if validation:
+            raise UserInputError(
+                f"data.validation_split: no {split!r} samples in {data.root} (or set the stages' validate_every=0)"
+            )
         raise UserInputError(f"data.root: no {split!r} samples in {data.root}")
     return dataset
 

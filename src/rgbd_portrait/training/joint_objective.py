@@ -9,9 +9,9 @@ For a batch of clean latents x0 (B, 2C, h, w) the objective draws, from one seed
 
 Both modalities are noised to x_t at the sample's timestep, including a known one: the sampler does the same,
 replacing the known modality's noisy channels by the known latent noised to the current timestep, so the
-backbone always sees a consistent x_t. The known channels carry the clean known latent. The target is ε or
-v = α·ε − σ·x0 (the scheduler's `prediction_type`), and the loss is a weighted mean squared error over the
-*unknown* modalities only, with background latents weighted by `background_loss_weight`.
+backbone always sees a consistent x_t. The known channels carry the clean known latent. The target is ε,
+v = α·ε − σ·x0 or x0 (the scheduler's `prediction_type`), and the loss is a weighted mean squared error
+over the *unknown* modalities only, with background latents weighted by `background_loss_weight`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class DiffusionInputs:
     masks: torch.Tensor  # (B, 2, h, w) 1 where a modality is known
     timesteps: torch.Tensor  # (B,) int64
     drop_reference: torch.Tensor  # (B,) bool
-    target: torch.Tensor  # (B, 2C, h, w) ε or v
+    target: torch.Tensor  # (B, 2C, h, w) ε, v or x0
     loss_weights: torch.Tensor  # (B, 2C, h, w) zero on known modalities
     tasks: list[Task]
 
@@ -73,13 +73,15 @@ def make_diffusion_inputs(
     noise = torch.randn(clean.shape, generator=generator, device=device, dtype=clean.dtype)
     drop_reference = torch.rand(batch, generator=generator, device=device) < stage.reference_dropout
     noisy = scheduler.add_noise(clean, noise, timesteps)
-    if scheduler.config.prediction_type == "epsilon":
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
         target = noise
-    elif scheduler.config.prediction_type == "v_prediction":
+    elif prediction_type == "v_prediction":
         target = scheduler.get_velocity(clean, noise, timesteps)
+    elif prediction_type == "sample":
+        target = clean
     else:
-        prediction_type = scheduler.config.prediction_type
-        raise ValueError(f"unsupported prediction type {prediction_type!r}; use epsilon or v_prediction")
+        raise ValueError(f"unsupported prediction type {prediction_type!r}; use epsilon, v_prediction or sample")
     masks = task_masks(tasks, batch_size=batch, height=height, width=width, device=device, dtype=clean.dtype)
     background = stage.background_loss_weight
     spatial = background + (1.0 - background) * foreground.to(clean.dtype)

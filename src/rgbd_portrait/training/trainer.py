@@ -241,7 +241,9 @@ class Trainer:
             temporary.write_text(config_to_yaml(config))
             temporary.replace(folders.config_file)
             if not data_exists:
-                render_data_folder(config.data, resolution=resolution, show_progress=self.show_progress)
+                render_data_folder(
+                    config.data, resolution=resolution, device=self.accelerator.device, show_progress=self.show_progress
+                )
         self._barrier()
         train_set, validation_set = self._open_splits(resolution)
         final = None
@@ -255,20 +257,20 @@ class Trainer:
 
     def _open_splits(self, resolution: int):
         data = self.config.data
-        train_set = open_split(data, data.train_split, resolution=resolution, seed=self.config.train.seed)
+        train_set = open_split(data, validation=False, resolution=resolution, seed=self.config.train.seed)
         needs_validation = any(
             self.config.stage(stage).validate_every > 0 and data.validation_samples > 0 for stage in self.plan.stages
         )
         validation_set = None
         if needs_validation:
-            validation_set = open_split(data, data.validation_split, resolution=resolution, seed=self.config.train.seed)
+            validation_set = open_split(data, validation=True, resolution=resolution, seed=self.config.train.seed)
         return train_set, validation_set
 
     def _training_samples(self, recipe, train_set, model: RGBDPortraitModel) -> Dataset:
         if not getattr(recipe, "uses_latents", False):
             return PixelSamples(train_set)
         data = self.config.data
-        fingerprint = cache_fingerprint(model.codec, train_set.sample_names, train_set.resolution)
+        fingerprint = cache_fingerprint(model.codec, [entry.key for entry in train_set.entries], train_set.resolution)
         cache_root = Path(data.cache_dir) if data.cache_dir else self.folders.latent_cache
         directory = build_latent_cache(
             cache_root / fingerprint,

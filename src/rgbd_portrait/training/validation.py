@@ -1,9 +1,9 @@
 """Validation during training: a fixed set of validation samples, image grids and metrics.
 
-Codec stage: posterior-mode reconstructions of RGB and depth. Joint stage: every task sampled from the same
-seeded noise at every validation (so grids of successive steps are comparable), and the denoising loss of
-each task at fixed timesteps and noise. Images are written as PNG grids (one row per sample, captioned
-columns) under the stage's `validation/` folder.
+Codec stage: posterior-mode reconstructions of RGB and depth. Joint stage: every task sampled (with the
+pipeline's sampler) from the same seeded noise at every validation, so grids of successive steps are
+comparable, and the denoising loss of each task at fixed timesteps and noise. Images are written as PNG
+grids (one row per sample, captioned columns) under the stage's `validation/` folder.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from rgbd_portrait.data.image_io import colorize_depth, make_preview
 from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
 from rgbd_portrait.evaluation.metrics import align_scale_shift, mean_absolute_error, psnr
 from rgbd_portrait.models.layout import Task, expand_masks, task_masks
+from rgbd_portrait.models.reference import ReferenceFeatures
 from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
+from rgbd_portrait.pipelines.sampling import sample_latents
 from rgbd_portrait.training.codec_stage import codec_images
 from rgbd_portrait.training.config import JointStageConfig, TaskProbabilities
 from rgbd_portrait.training.joint_objective import latent_foreground, make_diffusion_inputs, weighted_mse
@@ -86,31 +88,29 @@ def sample_task(
     *,
     task: Task,
     known: torch.Tensor,
-    reference_latents: torch.Tensor,
-    reference_rgb: torch.Tensor,
+    reference: ReferenceFeatures,
     steps: int,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """A minimal sampler: the model's scheduler, reference features computed once, known channels replaced.
-
-    At every step the known modality's noisy channels are the known latents noised to the current timestep,
-    as in training (`joint_objective`). Returns clean latents (B, 2C, h, w).
-    """
+    """Clean latents (B, 2C, h, w) of one task, sampled with the pipeline's sampler and the model's scheduler."""
     scheduler = model.make_scheduler()
     scheduler.set_timesteps(steps, device=known.device)
     batch, channels, height, width = known.shape
     masks = task_masks(task, batch_size=batch, height=height, width=width, device=known.device)
-    known_channels = expand_masks(masks, channels // 2).bool()
-    reference = model.encode_reference(reference_latents, reference_rgb=reference_rgb)
+    noise = torch.randn(known.shape, generator=generator, device=known.device)
     latents = torch.randn(known.shape, generator=generator, device=known.device) * scheduler.init_noise_sigma
-    known_noise = torch.randn(known.shape, generator=generator, device=known.device)
-    for timestep in scheduler.timesteps:
-        timesteps = timestep.expand(batch)
-        latents = torch.where(known_channels, scheduler.add_noise(known, known_noise, timesteps), latents)
-        model_input = scheduler.scale_model_input(latents, timestep)
-        prediction = model.denoise(model_input, timesteps, known=known, masks=masks, reference=reference)
-        latents = scheduler.step(prediction, timestep, latents, generator=generator).prev_sample
-    return torch.where(known_channels, known, latents)
+    return sample_latents(
+        model,
+        latents,
+        scheduler.timesteps,
+        scheduler=scheduler,
+        reference=reference,
+        noise=noise,
+        known=known,
+        known_mask=expand_masks(masks, channels // 2),
+        generator=generator,
+        progress_bar_config={"disable": True},
+    )
 
 
 @torch.no_grad()
@@ -130,6 +130,7 @@ def validate_joint(
     # Denoising loss of each task at the same timesteps and noise every time.
     scheduler = model.make_scheduler()
     foreground = latent_foreground(mask, tuple(clean.shape[2:]))
+    reference = model.encode_reference(reference_latents, reference_rgb=reference_rgb)
     for task in Task:
         only_task = dataclasses.replace(
             stage,
@@ -138,7 +139,6 @@ def validate_joint(
         )
         generator = make_generator(derive_seed(VALIDATION_SEED, "loss", task.value), device)
         inputs = make_diffusion_inputs(clean, foreground, scheduler=scheduler, stage=only_task, generator=generator)
-        reference = model.encode_reference(reference_latents, reference_rgb=reference_rgb)
         prediction = model.denoise(
             inputs.noisy, inputs.timesteps, known=inputs.known, masks=inputs.masks, reference=reference
         )
@@ -147,15 +147,7 @@ def validate_joint(
     decoded: dict[Task, tuple[torch.Tensor, torch.Tensor]] = {}
     for task in Task:
         generator = make_generator(derive_seed(VALIDATION_SEED, "sample", task.value), device)
-        latents = sample_task(
-            model,
-            task=task,
-            known=clean,
-            reference_latents=reference_latents,
-            reference_rgb=reference_rgb,
-            steps=steps,
-            generator=generator,
-        )
+        latents = sample_task(model, task=task, known=clean, reference=reference, steps=steps, generator=generator)
         decoded[task] = codec.decode_rgbd(latents)
     on_mask = mask[:, 0]
     predicted_depth = to_unit_range(decoded[Task.IMAGE_TO_DEPTH][1][:, 0])
