@@ -1,0 +1,180 @@
+"""The trainer end to end on the CPU: learning, exact resume, latent caching, NaN stop, errors, the CLI."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rgbd_portrait.cli.main import main as cli_main
+from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.models import RGBDPortraitModel
+from rgbd_portrait.training import Trainer, TrainingDivergedError, load_config, stages, train
+from train_support import read_losses, render_tiny_dataset, write_tiny_config
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return render_tiny_dataset(tmp_path_factory.mktemp("data") / "studio", val=True)
+
+
+def _config(tmp_path, data_root, *, train=None, overrides=()):
+    path = write_tiny_config(tmp_path / "config.yaml", data_root=data_root, output_dir=tmp_path / "run", train=train)
+    return load_config(path, list(overrides))
+
+
+def test_losses_fall_by_half_on_eight_samples(tmp_path, data_root):
+    config = _config(
+        tmp_path,
+        data_root,
+        train={
+            "stages": ["codec", "joint"],
+            "codec": {"max_steps": 30, "batch_size": 8, "learning_rate": 2e-3},
+            "joint": {"max_steps": 100, "batch_size": 8, "learning_rate": 2e-3, "validate_every": 100},
+        },
+        overrides=["data.validation_samples=2"],
+    )
+    final = train(config, show_progress=False)
+    for stage in ("codec", "joint"):
+        losses = read_losses(tmp_path / "run", stage)
+        first, last = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
+        assert last < 0.5 * first, f"{stage}: {first:.3f} → {last:.3f}"
+    # The codec stage calibrated the latent scale that the joint stage and the final model use.
+    model = RGBDPortraitModel.from_pretrained(final)
+    codec_model = RGBDPortraitModel.from_pretrained(tmp_path / "run" / "codec" / "model")
+    assert model.vae.config.scaling_factor == codec_model.vae.config.scaling_factor != 0.18215
+    validation = json.loads((tmp_path / "run" / "joint" / "logs" / "validation.jsonl").read_text())
+    assert validation["step"] == 100
+    assert {"loss_joint", "loss_image_to_depth", "loss_depth_to_image", "image_to_depth_mae"} <= set(validation)
+    assert (tmp_path / "run" / "joint" / "validation" / "step-00000100.png").is_file()
+
+
+def _resume_config(tmp_path, data_root, **extra):
+    return _config(
+        tmp_path,
+        data_root,
+        train={
+            "stages": ["codec", "joint"],
+            "codec": {"max_steps": 2, "batch_size": 2},
+            "joint": {
+                "max_steps": 6,
+                "batch_size": 2,
+                "gradient_accumulation_steps": 2,
+                "checkpoint_every": 3,
+                "ema_decay": 0.9,
+                "lr_schedule": "cosine",
+                "warmup_steps": 2,
+            },
+        },
+        **extra,
+    )
+
+
+def test_resume_continues_the_loss_trajectory_exactly(tmp_path, data_root, monkeypatch):
+    uninterrupted = tmp_path / "a"
+    interrupted = tmp_path / "b"
+    uninterrupted.mkdir()
+    interrupted.mkdir()
+    train(_resume_config(uninterrupted, data_root), show_progress=False)
+
+    original_loss = stages.JointRecipe.loss
+    calls = []
+
+    def killed_in_step_five(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 9:  # two micro-batches per step: the first of step 5
+            raise KeyboardInterrupt
+        return original_loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(stages.JointRecipe, "loss", killed_in_step_five)
+    with pytest.raises(KeyboardInterrupt):
+        train(_resume_config(interrupted, data_root), show_progress=False)
+    assert len(read_losses(interrupted / "run", "joint")) == 4
+    monkeypatch.setattr(stages.JointRecipe, "loss", original_loss)
+    train(_resume_config(interrupted, data_root, overrides=["train.resume=latest"]), show_progress=False)
+
+    assert read_losses(interrupted / "run", "joint") == read_losses(uninterrupted / "run", "joint")
+    for component in ("backbone", "reference_net", "context"):
+        weights = [
+            load_file(folder / "run" / "joint" / "model" / component / "diffusion_pytorch_model.safetensors")
+            for folder in (uninterrupted, interrupted)
+        ]
+        assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    checkpoints = sorted(path.name for path in (interrupted / "run" / "joint" / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-00000003", "checkpoint-00000006"]
+
+
+def test_latent_cache_gives_the_same_training(tmp_path, data_root):
+    runs = {}
+    for cached in (False, True):
+        folder = tmp_path / str(cached)
+        folder.mkdir()
+        config = _config(
+            folder,
+            data_root,
+            train={"stages": ["joint"], "joint": {"max_steps": 3}},
+            overrides=[f"data.cache_latents={str(cached).lower()}"],
+        )
+        train(config, show_progress=False)
+        runs[cached] = read_losses(folder / "run", "joint")
+    assert runs[True] == pytest.approx(runs[False], rel=1e-4)
+    (cache,) = (tmp_path / "True" / "run" / "latent_cache").iterdir()
+    assert (cache / "index.json").is_file() and (cache / "shard-00000.safetensors").is_file()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_root, monkeypatch):
+    config = _config(tmp_path, data_root, train={"stages": ["joint"], "joint": {"max_steps": 6, "checkpoint_every": 2}})
+    original_loss = stages.JointRecipe.loss
+    calls = []
+
+    def nan_in_step_three(self, *args, **kwargs):
+        loss, metrics = original_loss(self, *args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 3 else loss), metrics
+
+    monkeypatch.setattr(stages.JointRecipe, "loss", nan_in_step_three)
+    with pytest.raises(TrainingDivergedError, match="loss nan at step 3.*checkpoint-00000002") as caught:
+        train(config, show_progress=False)
+    assert "\n" not in str(caught.value)
+    checkpoints = tmp_path / "run" / "joint" / "checkpoints"
+    assert [path.name for path in checkpoints.iterdir()] == ["checkpoint-00000002"]
+    assert not (tmp_path / "run" / "joint" / "model").exists()
+
+
+def test_errors_before_any_work(tmp_path, data_root):
+    output = tmp_path / "run"
+    with pytest.raises(UserInputError, match="data.root: .*missing not found"):
+        Trainer(_config(tmp_path, tmp_path / "missing"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserInputError, match="no 'train' samples"):
+        Trainer(_config(tmp_path, empty)).run()
+    with pytest.raises(UserInputError, match="not a training checkpoint"):
+        Trainer(_config(tmp_path, data_root, overrides=[f"train.resume={data_root}"]))
+    with pytest.raises(UserInputError, match="no checkpoint"):
+        Trainer(_config(tmp_path, data_root, overrides=["train.resume=latest"]))
+    with pytest.raises(UserInputError, match="validation"):
+        Trainer(
+            _config(
+                tmp_path, data_root, train={"joint": {"validate_every": 1}}, overrides=["data.validation_split=test"]
+            )
+        ).run()
+    assert not (output / "joint").exists()
+
+    (output / "joint" / "model").mkdir(parents=True)
+    with pytest.raises(UserInputError, match="already holds a run"):
+        Trainer(_config(tmp_path, data_root))
+
+
+def test_cli_trains_and_reports_bad_keys_in_one_line(tmp_path, data_root, capsys):
+    config = write_tiny_config(
+        tmp_path / "config.yaml",
+        data_root=data_root,
+        output_dir=tmp_path / "run",
+        train={"stages": ["joint"], "joint": {"max_steps": 1}},
+    )
+    assert cli_main(["train", "--no-progress", str(config), "train.joint.batch_size=2"]) == 0
+    assert str(tmp_path / "run" / "joint" / "model") in capsys.readouterr().out
+    assert cli_main(["train", str(config), "train.joint.batch_sise=2"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "batch_sise" in error
