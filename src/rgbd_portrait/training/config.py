@@ -4,7 +4,7 @@ A config file has three sections::
 
     model: ...   # architecture or pretrained folder, read by the model core (`RGBDPortraitModel.from_config`)
     data:  ...   # DataConfig
-    train: ...   # TrainConfig, with one sub-section per stage (`codec`, `joint`)
+    train: ...   # TrainConfig, with one sub-section per stage (`codec`, `joint`, `motion`)
 
 `load_config` merges the file and the overrides onto the schema, so an unknown key, a value of the wrong
 type or an impossible value is a one-line `UserInputError` before any work starts. Model-specific defaults
@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rgbd_portrait.errors import UserInputError
 
-STAGES = ("codec", "joint")
+STAGES = ("codec", "joint", "motion")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -43,6 +43,9 @@ class SynthesisConfig:
     relights: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+    # Talking sequences (frames + speech) for the motion stage, identities taken in turn.
+    sequences: int = 0
+    sequence_seconds: float = 2.0
     seed: int = 0
 
 
@@ -121,6 +124,43 @@ class JointStageConfig(StageConfig):
 
 
 @dataclass
+class MotionLayersConfig:
+    """The motion layers the motion stage adds to a model that has none (`rgbd_portrait.models.motion`)."""
+
+    num_attention_heads: int = 8
+    audio_token_dim: int = 128
+    # Each frame hears its own audio and that of `audio_radius` frames on either side.
+    audio_radius: int = 2
+    # Log-mel bands of the default audio features.
+    n_mels: int = 40
+    # A local wav2vec2-like speech-encoder folder whose hidden states replace the log-mel features.
+    audio_encoder: str | None = None
+    # The longest clip the temporal layers take (sampling windows included).
+    max_frames: int = 32
+
+
+@dataclass
+class MotionStageConfig(StageConfig):
+    """Stage 2, the talking head: temporal and audio layers on clips of talking sequences (`motion_stage`)."""
+
+    batch_size: int = 2  # clips per process and micro-batch
+    clip_frames: int = 12
+    # Frames at the start of a clip given as known (the sampler's motion frames from the previous window).
+    motion_frames: int = 2
+    # Probability that a clip has no motion frames (the first window of an animation).
+    motion_frames_dropout: float = 0.25
+    # Per-clip condition dropout for guidance: the reference alone, the audio alone, and both together.
+    reference_dropout: float = 0.05
+    audio_dropout: float = 0.05
+    condition_dropout: float = 0.05
+    background_loss_weight: float = 1.0
+    # Train the backbone, reference net and context too (by default only the motion layers train).
+    train_image_layers: bool = False
+    validation_inference_steps: int | None = None
+    layers: MotionLayersConfig = field(default_factory=MotionLayersConfig)
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = MISSING
     seed: int = 0
@@ -134,6 +174,7 @@ class TrainConfig:
     resume: str | None = None
     codec: CodecStageConfig = field(default_factory=CodecStageConfig)
     joint: JointStageConfig = field(default_factory=JointStageConfig)
+    motion: MotionStageConfig = field(default_factory=MotionStageConfig)
 
 
 @dataclass
@@ -142,7 +183,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def stage(self, name: str) -> CodecStageConfig | JointStageConfig:
+    def stage(self, name: str) -> CodecStageConfig | JointStageConfig | MotionStageConfig:
         return getattr(self.train, name)
 
 
@@ -246,7 +287,7 @@ def check_config(config: ExperimentConfig, *, source: str = "config") -> None:
     """Value checks the type schema cannot express; raises a one-line `UserInputError`."""
     train, data = config.train, config.data
     _require(bool(config.model), source, "the model section is empty")
-    _require(bool(train.stages), source, "train.stages is empty; use codec, joint or both")
+    _require(bool(train.stages), source, f"train.stages is empty; use some of {', '.join(STAGES)}")
     for stage in train.stages:
         _require(stage in STAGES, source, f"train.stages: unknown stage {stage!r}; use {' and/or '.join(STAGES)}")
     _require(
@@ -305,6 +346,43 @@ def check_config(config: ExperimentConfig, *, source: str = "config") -> None:
         for count in ("identities", "samples_per_identity"):
             value = getattr(data.synthesize, count)
             _require(value > 0, source, f"data.synthesize.{count} must be positive, got {value}")
+        _require(
+            data.synthesize.sequences >= 0,
+            source,
+            f"data.synthesize.sequences must be >= 0, got {data.synthesize.sequences}",
+        )
+        _require(
+            data.synthesize.sequence_seconds > 0,
+            source,
+            f"data.synthesize.sequence_seconds must be positive, got {data.synthesize.sequence_seconds}",
+        )
+    _check_motion_stage(train.motion, source)
+
+
+def _check_motion_stage(motion: MotionStageConfig, source: str) -> None:
+    _require(
+        0 <= motion.motion_frames < motion.clip_frames <= motion.layers.max_frames,
+        source,
+        f"train.motion: need 0 <= motion_frames < clip_frames <= layers.max_frames, got {motion.motion_frames}, "
+        f"{motion.clip_frames}, {motion.layers.max_frames}",
+    )
+    for name in ("motion_frames_dropout", "reference_dropout", "audio_dropout", "condition_dropout"):
+        value = getattr(motion, name)
+        _require(0.0 <= value <= 1.0, source, f"train.motion.{name} must be in [0, 1], got {value}")
+    _require(
+        motion.background_loss_weight >= 0,
+        source,
+        f"train.motion.background_loss_weight must be >= 0, got {motion.background_loss_weight}",
+    )
+    _require(
+        motion.validation_inference_steps is None or motion.validation_inference_steps > 0,
+        source,
+        f"train.motion.validation_inference_steps must be positive or null, got {motion.validation_inference_steps}",
+    )
+    layers = motion.layers
+    for name in ("num_attention_heads", "audio_token_dim", "n_mels"):
+        _require(getattr(layers, name) > 0, source, f"train.motion.layers.{name} must be positive")
+    _require(layers.audio_radius >= 0, source, "train.motion.layers.audio_radius must be >= 0")
 
 
 def config_to_yaml(config: ExperimentConfig) -> str:

@@ -44,6 +44,8 @@ def render_data_folder(data: DataConfig, *, resolution: int, device: torch.devic
         relights=settings.relights,
         val_fraction=settings.val_fraction,
         test_fraction=settings.test_fraction,
+        sequences=settings.sequences,
+        sequence_seconds=settings.sequence_seconds,
         seed=settings.seed,
         device="cuda" if device.type == "cuda" else "cpu",
         show_progress=show_progress,

@@ -38,6 +38,20 @@ def sample_tasks(probabilities: TaskProbabilities, batch_size: int, generator: t
     return [tasks[index] for index in choices.tolist()]
 
 
+def diffusion_target(
+    scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """What the backbone learns to predict from x_t: ε, v = α·ε − σ·x0 or x0 (the scheduler's prediction type)."""
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(clean, noise, timesteps)
+    if prediction_type == "sample":
+        return clean
+    raise ValueError(f"unsupported prediction type {prediction_type!r}; use epsilon, v_prediction or sample")
+
+
 @dataclass
 class DiffusionInputs:
     """Everything one training forward pass needs besides the reference latents."""
@@ -73,15 +87,7 @@ def make_diffusion_inputs(
     noise = torch.randn(clean.shape, generator=generator, device=device, dtype=clean.dtype)
     drop_reference = torch.rand(batch, generator=generator, device=device) < stage.reference_dropout
     noisy = scheduler.add_noise(clean, noise, timesteps)
-    prediction_type = scheduler.config.prediction_type
-    if prediction_type == "epsilon":
-        target = noise
-    elif prediction_type == "v_prediction":
-        target = scheduler.get_velocity(clean, noise, timesteps)
-    elif prediction_type == "sample":
-        target = clean
-    else:
-        raise ValueError(f"unsupported prediction type {prediction_type!r}; use epsilon, v_prediction or sample")
+    target = diffusion_target(scheduler, clean, noise, timesteps)
     masks = task_masks(tasks, batch_size=batch, height=height, width=width, device=device, dtype=clean.dtype)
     background = stage.background_loss_weight
     spatial = background + (1.0 - background) * foreground.to(clean.dtype)

@@ -9,8 +9,9 @@ Run folder (`train.output_dir`)::
     <stage>/validation/            step-<step>.png image grids
     <stage>/model/                 the stage's final model (EMA weights when EMA is on)
 
-Stages run in the order codec → joint; the joint stage starts from the codec stage's final model when both
-run. Exactness: the data order is a pure function of (seed, samples consumed) (`sampler`), every random draw
+Stages run in the order codec → joint → motion; each starts from the previous stage's final model when both
+run. The motion stage (the talking head) reads clips of talking sequences instead of images (`motion_stage`).
+Exactness: the data order is a pure function of (seed, samples consumed) (`sampler`), every random draw
 of a step comes from a generator seeded by (seed, stage, step, process, micro-batch) (`seeding`), and a
 checkpoint holds everything else (weights, optimizer, schedule, EMA, global random states). A run resumed from
 a checkpoint therefore continues the loss trajectory of the uninterrupted run exactly (bitwise on the CPU).
@@ -53,6 +54,7 @@ from rgbd_portrait.training.data import (
 from rgbd_portrait.training.ema import ExponentialMovingAverage
 from rgbd_portrait.training.latent_cache import CachedLatents, build_latent_cache, cache_fingerprint
 from rgbd_portrait.training.metrics_log import MetricsLogger
+from rgbd_portrait.training.motion_stage import MotionRecipe, check_motion_data
 from rgbd_portrait.training.optim import build_optimizer, load_optimizer_state, optimizer_state_to_files
 from rgbd_portrait.training.sampler import SampleStream, StreamBatchSampler
 from rgbd_portrait.training.seeding import derive_seed, make_generator
@@ -235,6 +237,8 @@ class Trainer:
         if data_exists:
             # Empty splits are errors before any work starts.
             self._open_splits(resolution)
+            if "motion" in self.plan.stages:
+                check_motion_data(config.data)
         if self.is_main:
             folders.root.mkdir(parents=True, exist_ok=True)
             temporary = folders.config_file.with_name(".config.yaml.tmp")
@@ -256,19 +260,28 @@ class Trainer:
         return final
 
     def _open_splits(self, resolution: int):
+        """The image splits, for the codec and joint stages (the motion stage reads clips, see `_run_stage`)."""
         data = self.config.data
+        image_stages = [stage for stage in self.plan.stages if stage != "motion"]
+        if not image_stages:
+            return None, None
         train_set = open_split(data, validation=False, resolution=resolution, seed=self.config.train.seed)
         needs_validation = any(
-            self.config.stage(stage).validate_every > 0 and data.validation_samples > 0 for stage in self.plan.stages
+            self.config.stage(stage).validate_every > 0 and data.validation_samples > 0 for stage in image_stages
         )
         validation_set = None
         if needs_validation:
             validation_set = open_split(data, validation=True, resolution=resolution, seed=self.config.train.seed)
         return train_set, validation_set
 
+    @staticmethod
+    def _samples(recipe, dataset) -> Dataset:
+        """What a step reads from `dataset` by (index, epoch): clips for the motion stage, images otherwise."""
+        return recipe.samples(dataset) if isinstance(recipe, MotionRecipe) else PixelSamples(dataset)
+
     def _training_samples(self, recipe, train_set, model: RGBDPortraitModel) -> Dataset:
         if not getattr(recipe, "uses_latents", False):
-            return PixelSamples(train_set)
+            return self._samples(recipe, train_set)
         data = self.config.data
         fingerprint = cache_fingerprint(model.codec, [entry.key for entry in train_set.entries], train_set.resolution)
         cache_root = Path(data.cache_dir) if data.cache_dir else self.folders.latent_cache
@@ -311,8 +324,15 @@ class Trainer:
         stage = config.stage(name)
         if name == "codec":
             recipe = CodecRecipe(model, stage)
-        else:
+        elif name == "joint":
             recipe = JointRecipe(model, stage, uses_latents=config.data.cache_latents)
+        else:
+            recipe = MotionRecipe(model, stage)
+            resolution, data = self._resolution(model), config.data
+            train_set = recipe.clips(data, validation=False, resolution=resolution, seed=seed)
+            validation_set = None
+            if stage.validate_every > 0 and data.validation_samples > 0:
+                validation_set = recipe.clips(data, validation=True, resolution=resolution, seed=seed)
         samples = self._training_samples(recipe, train_set, model)
         module = recipe.module
         module.train()
@@ -361,7 +381,9 @@ class Trainer:
         )
         logger = MetricsLogger(folders.logs(name), resume_step=state.step) if self.is_main else None
         validation_batch = (
-            _collate_first(PixelSamples(validation_set), min(len(validation_set), config.data.validation_samples))
+            _collate_first(
+                self._samples(recipe, validation_set), min(len(validation_set), config.data.validation_samples)
+            )
             if validation_set is not None and stage.validate_every > 0 and self.is_main
             else None
         )

@@ -32,12 +32,12 @@ from rgbd_portrait.training.seeding import derive_seed, make_generator
 VALIDATION_SEED = 1234
 
 
-def _rgb_panel(image: torch.Tensor) -> np.ndarray:
+def rgb_panel(image: torch.Tensor) -> np.ndarray:
     """(3, H, W) in [-1, 1] → (H, W, 3) float in [0, 1]."""
     return ((image.float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy()
 
 
-def _depth_panel(depth: torch.Tensor, mask: torch.Tensor | None) -> np.ndarray:
+def depth_panel(depth: torch.Tensor, mask: torch.Tensor | None) -> np.ndarray:
     """(1, H, W) normalised depth → colourised (H, W, 3) uint8, black outside `mask` (1, H, W) when given."""
     valid = None if mask is None else mask[0].cpu().numpy() > 0.5
     return colorize_depth(to_unit_range(depth.float())[0].cpu().numpy(), mask=valid)
@@ -67,10 +67,10 @@ def validate_codec(vae, batch: dict[str, torch.Tensor], path: Path) -> dict[str,
     mask = batch["mask"]
     rows = [
         [
-            ("rgb", _rgb_panel(batch["rgb"][index])),
-            ("reconstructed", _rgb_panel(rgb[index])),
-            ("depth", _depth_panel(batch["depth"][index], mask[index])),
-            ("reconstructed", _depth_panel(depth[index], mask[index])),
+            ("rgb", rgb_panel(batch["rgb"][index])),
+            ("reconstructed", rgb_panel(rgb[index])),
+            ("depth", depth_panel(batch["depth"][index], mask[index])),
+            ("reconstructed", depth_panel(depth[index], mask[index])),
         ]
         for index in range(count)
     ]
@@ -164,13 +164,13 @@ def validate_joint(
         sample_mask = batch["mask"][index]
         rows.append(
             [
-                ("reference", _rgb_panel(batch["reference_rgb"][index])),
-                ("rgb", _rgb_panel(batch["rgb"][index])),
-                ("depth", _depth_panel(batch["depth"][index], sample_mask)),
-                ("joint rgb", _rgb_panel(decoded[Task.JOINT][0][index])),
-                ("joint depth", _depth_panel(decoded[Task.JOINT][1][index], None)),
-                ("image to depth", _depth_panel(decoded[Task.IMAGE_TO_DEPTH][1][index], sample_mask)),
-                ("depth to image", _rgb_panel(decoded[Task.DEPTH_TO_IMAGE][0][index])),
+                ("reference", rgb_panel(batch["reference_rgb"][index])),
+                ("rgb", rgb_panel(batch["rgb"][index])),
+                ("depth", depth_panel(batch["depth"][index], sample_mask)),
+                ("joint rgb", rgb_panel(decoded[Task.JOINT][0][index])),
+                ("joint depth", depth_panel(decoded[Task.JOINT][1][index], None)),
+                ("image to depth", depth_panel(decoded[Task.IMAGE_TO_DEPTH][1][index], sample_mask)),
+                ("depth to image", rgb_panel(decoded[Task.DEPTH_TO_IMAGE][0][index])),
             ]
         )
     write_grid(path, rows)

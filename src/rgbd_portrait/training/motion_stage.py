@@ -1,0 +1,305 @@
+"""The motion stage (stage 2): temporal and audio layers learn to denoise clips of talking sequences.
+
+The stage starts from an image model (the joint stage's) and adds fresh motion layers when it has none
+(`rgbd_portrait.models.motion`: the identity at first, so training starts from the image model exactly).
+Only `model.motion` trains unless `train_image_layers`. Data: clips of `clip_frames` consecutive frames of
+the talking sequences below `data.root` (`rgbd_portrait.data.sequence_dataset`), each with its frames' audio
+and a reference frame.
+
+For a batch of B clips of F frames the objective draws, from one seeded generator:
+
+* one timestep per clip (all frames of a clip are denoised together, as the sampler does), noise per frame;
+* motion frames: the first `motion_frames` frames of a clip are given (both modalities known, masks 1, their
+  noisy latents the clean ones noised like the others, no loss), as the sampler gives the last frames of the
+  previous window; a clip has none with probability `motion_frames_dropout` (the first window);
+* per-condition dropout for guidance: the reference with `reference_dropout`, the audio with `audio_dropout`,
+  and both with `condition_dropout` (the unconditional branch of `rgbd_portrait.pipelines.animate`).
+
+The loss is the joint stage's weighted MSE (ε, v or x0 target) over the generated frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from diffusers import SchedulerMixin
+from torch import nn
+from torch.utils.data import Dataset
+
+from rgbd_portrait.data.audio import LogMelFeatures, Wav2Vec2Features, make_audio_features
+from rgbd_portrait.data.depth_normalization import to_unit_range
+from rgbd_portrait.data.sample_format import read_meta
+from rgbd_portrait.data.sequence_dataset import TalkingClipDataset, find_sequences
+from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.models.context import ClipImageContext
+from rgbd_portrait.models.layout import task_masks
+from rgbd_portrait.models.motion import MotionLayers
+from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
+from rgbd_portrait.pipelines.animate import sample_clip
+from rgbd_portrait.training.config import DataConfig, MotionStageConfig
+from rgbd_portrait.training.joint_objective import diffusion_target, latent_foreground, weighted_mse
+from rgbd_portrait.training.seeding import derive_seed, make_generator
+from rgbd_portrait.training.validation import VALIDATION_SEED, depth_panel, rgb_panel, write_grid
+
+Batch = dict[str, torch.Tensor]
+HOW_TO_GET_SEQUENCES = "render some with data.synthesize.sequences, or prepare videos"
+
+
+def check_motion_data(data: DataConfig) -> None:
+    """The motion stage needs talking sequences of the training split below `data.root` (checked before any work)."""
+    if not any(read_meta(folder).get("split", "train") == data.train_split for folder in find_sequences(data.root)):
+        raise UserInputError(
+            f"data.root: no {data.train_split!r} talking sequence in {data.root} for the motion stage "
+            f"({HOW_TO_GET_SEQUENCES})"
+        )
+
+
+def new_motion_layers(model: RGBDPortraitModel, stage: MotionStageConfig) -> MotionLayers:
+    """Fresh motion layers for `model`'s backbone, as `stage.layers` describes them."""
+    layers = stage.layers
+    if layers.audio_encoder is None:
+        features = LogMelFeatures(n_mels=layers.n_mels)
+    else:
+        features = Wav2Vec2Features(layers.audio_encoder)
+    return MotionLayers.for_backbone(
+        model.backbone,
+        audio_features=features,
+        audio_radius=layers.audio_radius,
+        audio_token_dim=layers.audio_token_dim,
+        num_attention_heads=layers.num_attention_heads,
+        max_frames=layers.max_frames,
+        window_frames=stage.clip_frames,
+        motion_frames=stage.motion_frames,
+    )
+
+
+class MotionTrainingModule(nn.Module):
+    """What Accelerate wraps: the denoiser and the motion layers, called on clips flattened to frames."""
+
+    def __init__(self, model: RGBDPortraitModel):
+        super().__init__()
+        self.denoiser = model.denoiser
+        self.motion = model.motion
+
+    def forward(
+        self,
+        noisy: torch.Tensor,
+        timesteps: torch.Tensor,
+        *,
+        num_frames: int,
+        reference_latents: torch.Tensor,
+        known: torch.Tensor,
+        masks: torch.Tensor,
+        drop_reference: torch.Tensor,
+        audio_windows: torch.Tensor,
+        drop_audio: torch.Tensor,
+        reference_rgb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Prediction (B·F, 2C, h, w) for B clips of `num_frames` frames (reference latents (B, C, h, w))."""
+        reference_trains = any(parameter.requires_grad for parameter in self.denoiser.reference_net.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and reference_trains):
+            reference = self.denoiser.encode_reference(
+                reference_latents, drop=drop_reference, reference_rgb=reference_rgb
+            )
+        with self.motion.frames(
+            num_frames, batch_size=noisy.shape[0], audio_windows=audio_windows, drop_audio=drop_audio
+        ):
+            return self.denoiser.denoise(
+                noisy, timesteps, known=known, masks=masks, reference=reference.repeat_each(num_frames)
+            )
+
+
+@dataclasses.dataclass
+class ClipInputs:
+    """Everything one training forward pass needs besides the reference and the audio, frames flattened."""
+
+    noisy: torch.Tensor  # (B·F, 2C, h, w)
+    known: torch.Tensor  # (B·F, 2C, h, w) clean latents (the layout zeroes those of unknown modalities)
+    masks: torch.Tensor  # (B·F, 2, h, w) 1 on motion frames
+    timesteps: torch.Tensor  # (B·F,) one per clip, repeated
+    drop_reference: torch.Tensor  # (B,) bool
+    drop_audio: torch.Tensor  # (B·F,) bool
+    target: torch.Tensor  # (B·F, 2C, h, w)
+    loss_weights: torch.Tensor  # (B·F, 2C, h, w) zero on motion frames
+
+
+def make_clip_inputs(
+    clean: torch.Tensor,
+    foreground: torch.Tensor,
+    *,
+    scheduler: SchedulerMixin,
+    stage: MotionStageConfig,
+    generator: torch.Generator,
+) -> ClipInputs:
+    """Draw timesteps, noise, motion frames and condition dropout for clean latents (B, F, 2C, h, w).
+
+    `foreground` (B, F, 1, h, w) is `latent_foreground` of the frames' masks; `generator` lives on the device.
+    """
+    clips, frames = clean.shape[:2]
+    device = clean.device
+    flat = clean.flatten(0, 1)
+    timesteps = torch.randint(
+        0, scheduler.config.num_train_timesteps, (clips,), generator=generator, device=device, dtype=torch.int64
+    ).repeat_interleave(frames)
+    noise = torch.randn(flat.shape, generator=generator, device=device, dtype=flat.dtype)
+    uniform = torch.rand(4, clips, generator=generator, device=device)
+    has_motion_frames = uniform[0] >= stage.motion_frames_dropout
+    drop_both = uniform[3] < stage.condition_dropout
+    drop_reference = (uniform[1] < stage.reference_dropout) | drop_both
+    drop_audio = (uniform[2] < stage.audio_dropout) | drop_both
+    given = (torch.arange(frames, device=device) < stage.motion_frames)[None] & has_motion_frames[:, None]
+    given = given.flatten()
+    height, width = flat.shape[2:]
+    masks = task_masks("joint", batch_size=flat.shape[0], height=height, width=width, device=device, dtype=flat.dtype)
+    masks[given] = 1.0
+    background = stage.background_loss_weight
+    spatial = background + (1.0 - background) * foreground.flatten(0, 1).to(flat.dtype)
+    loss_weights = (~given).to(flat.dtype).view(-1, 1, 1, 1) * spatial.expand_as(flat)
+    return ClipInputs(
+        noisy=scheduler.add_noise(flat, noise, timesteps),
+        known=flat,
+        masks=masks,
+        timesteps=timesteps,
+        drop_reference=drop_reference,
+        drop_audio=drop_audio.repeat_interleave(frames),
+        target=diffusion_target(scheduler, flat, noise, timesteps),
+        loss_weights=loss_weights,
+    )
+
+
+class ClipSamples(Dataset):
+    """Clips of a `TalkingClipDataset` by (index, epoch), tensors only (what a training step reads)."""
+
+    names = ("rgb", "depth", "mask", "audio", "reference_rgb")
+
+    def __init__(self, clips: TalkingClipDataset):
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, key: tuple[int, int]) -> Batch:
+        index, epoch = key
+        item = self.clips.get(index, epoch=epoch)
+        return {name: item[name] for name in self.names}
+
+
+class MotionRecipe:
+    name = "motion"
+    uses_latents = False
+
+    def __init__(self, model: RGBDPortraitModel, stage: MotionStageConfig):
+        if model.motion is None:
+            model.add_motion_layers(new_motion_layers(model, stage).to(model.backbone.device))
+        motion = model.motion
+        if stage.clip_frames > motion.config.max_frames:
+            raise UserInputError(
+                f"train.motion.clip_frames: {stage.clip_frames} frames, the motion layers take at most "
+                f"{motion.config.max_frames}"
+            )
+        # The checkpoint records the clips it was trained on: sampling uses them as its default window.
+        motion.register_to_config(window_frames=stage.clip_frames, motion_frames=stage.motion_frames)
+        model.vae.requires_grad_(False)
+        model.denoiser.requires_grad_(stage.train_image_layers)
+        if isinstance(model.context, ClipImageContext) and not model.context.config.train_encoder:
+            model.context.encoder.requires_grad_(False)
+        motion.requires_grad_(True)
+        self.model = model
+        self.stage = stage
+        self.module = MotionTrainingModule(model)
+        self.scheduler = model.make_scheduler()
+        self.audio_features = make_audio_features(motion.config.audio_features, encoder_path=stage.layers.audio_encoder)
+
+    def clips(self, data: DataConfig, *, validation: bool, resolution: int, seed: int) -> TalkingClipDataset:
+        """The clips of the training or validation split; none is a one-line error naming the folder."""
+        split = data.validation_split if validation else data.train_split
+        clips = TalkingClipDataset(
+            data.root,
+            audio_features=self.audio_features,
+            split=split,
+            resolution=resolution,
+            clip_frames=self.stage.clip_frames,
+            audio_radius=self.model.motion.config.audio_radius,
+            seed=seed,
+        )
+        if not len(clips):
+            raise UserInputError(
+                f"data.root: no {split!r} talking sequence with {self.stage.clip_frames} consecutive frames in "
+                f"{data.root} ({HOW_TO_GET_SEQUENCES})"
+            )
+        return clips
+
+    def samples(self, clips: TalkingClipDataset) -> Dataset:
+        return ClipSamples(clips)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.model.denoiser.enable_gradient_checkpointing()
+
+    @torch.no_grad()
+    def _latents(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Clean latents (B, F, 2C, h, w), their foreground (B, F, 1, h, w) and the reference latents."""
+        clips, frames = batch["rgb"].shape[:2]
+        codec = self.model.codec
+        clean = codec.encode_rgbd(batch["rgb"].flatten(0, 1), batch["depth"].flatten(0, 1))
+        foreground = latent_foreground(batch["mask"].flatten(0, 1), tuple(clean.shape[2:]))
+        unflatten = lambda tensor: tensor.unflatten(0, (clips, frames))
+        return unflatten(clean), unflatten(foreground), codec.encode_rgb(batch["reference_rgb"])
+
+    def loss(self, module: nn.Module, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, Batch]:
+        clean, foreground, reference_latents = self._latents(batch)
+        inputs = make_clip_inputs(clean, foreground, scheduler=self.scheduler, stage=self.stage, generator=generator)
+        prediction = module(
+            inputs.noisy,
+            inputs.timesteps,
+            num_frames=clean.shape[1],
+            reference_latents=reference_latents,
+            known=inputs.known,
+            masks=inputs.masks,
+            drop_reference=inputs.drop_reference,
+            audio_windows=batch["audio"].flatten(0, 1),
+            drop_audio=inputs.drop_audio,
+            reference_rgb=batch["reference_rgb"],
+        )
+        return weighted_mse(prediction, inputs.target, inputs.loss_weights), {}
+
+    @torch.no_grad()
+    def validate(self, batch: Batch, path: Path) -> dict[str, float]:
+        """The loss at fixed noise, and the first clip generated from its reference and audio (grid at `path`)."""
+        model, device = self.model, self.model.backbone.device
+        batch = {name: tensor.to(device) for name, tensor in batch.items()}
+        generator = make_generator(derive_seed(VALIDATION_SEED, "motion", "loss"), device)
+        loss, _ = self.loss(self.module, batch, generator)
+        reference = model.encode_reference(
+            model.codec.encode_rgb(batch["reference_rgb"][:1]), reference_rgb=batch["reference_rgb"][:1]
+        )
+        sample_generator = torch.Generator(device=device).manual_seed(derive_seed(VALIDATION_SEED, "motion", "sample"))
+        latents = sample_clip(
+            model,
+            reference,
+            batch["audio"][0],
+            scheduler=model.make_scheduler(),
+            num_inference_steps=self.stage.validation_inference_steps or model.default_steps,
+            generator=sample_generator,
+        )
+        rgb, depth = model.codec.decode_rgbd(latents)
+        true_depth, mask = batch["depth"][0], batch["mask"][0]
+        rows = [
+            [(f"frame {index}", rgb_panel(frame)) for index, frame in enumerate(batch["rgb"][0])],
+            [("generated", rgb_panel(frame)) for frame in rgb],
+            [("depth", depth_panel(frame, frame_mask)) for frame, frame_mask in zip(true_depth, mask)],
+            [("generated", depth_panel(frame, None)) for frame in depth],
+        ]
+        write_grid(path, rows)
+        return {"loss": float(loss), "depth_change_ratio": _depth_change_ratio(depth, true_depth)}
+
+    def finish(self, batches: Iterable[Batch]) -> dict[str, float]:
+        return {}
+
+
+def _depth_change_ratio(generated: torch.Tensor, true_depth: torch.Tensor) -> float:
+    """Mean frame-to-frame depth change of the generated clip over the true clip's (1 = as steady as real)."""
+    change = lambda depth: to_unit_range(depth.float()).diff(dim=0).abs().mean()
+    return float(change(generated) / change(true_depth).clamp_min(1e-6))

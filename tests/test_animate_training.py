@@ -1,0 +1,103 @@
+"""Stage 2 (motion) in the trainer: a few steps on talking clips change the motion layers and nothing else."""
+
+import dataclasses
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from animate_support import write_fake_sequence, write_fake_still
+from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.models import RGBDPortraitModel
+from rgbd_portrait.models.testing import tiny_model_section
+from rgbd_portrait.training import load_config, train
+from rgbd_portrait.training.config import MotionStageConfig
+from rgbd_portrait.training.motion_stage import make_clip_inputs
+
+CLIP = 4
+MOTION_FRAMES = 1
+STAGE = {
+    "max_steps": 3,
+    "batch_size": 1,
+    "learning_rate": 1e-3,
+    "clip_frames": CLIP,
+    "motion_frames": MOTION_FRAMES,
+    "checkpoint_every": 0,
+    "validate_every": 3,
+    "validation_inference_steps": 1,
+    "layers": {"num_attention_heads": 4, "audio_token_dim": 16, "n_mels": 8, "max_frames": 8},
+}
+
+
+def _config(path, *, data_root, start_model, output_dir):
+    OmegaConf.save(
+        {
+            "model": {"pretrained": str(start_model)},
+            "data": {"root": str(data_root), "validation_samples": 1},
+            "train": {"output_dir": str(output_dir), "stages": ["motion"], "log_every": 1, "motion": STAGE},
+        },
+        path,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def start_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("start") / "model"
+    torch.manual_seed(0)
+    RGBDPortraitModel.from_config(tiny_model_section()).save_pretrained(folder)
+    return folder
+
+
+def test_motion_stage_trains_only_the_motion_layers(tmp_path, start_model):
+    data = tmp_path / "data"
+    write_fake_sequence(data / "sequences" / "train" / "a", identity="a", split="train", seconds=0.32, seed=1)
+    write_fake_sequence(data / "sequences" / "val" / "b", identity="b", split="val", seconds=0.2, seed=2)
+    output = tmp_path / "run"
+    config = load_config(_config(tmp_path / "config.yaml", data_root=data, start_model=start_model, output_dir=output))
+    final = train(config, show_progress=False)
+
+    for component in ("backbone", "reference_net", "context", "vae"):
+        before = load_file(start_model / component / "diffusion_pytorch_model.safetensors")
+        after = load_file(final / component / "diffusion_pytorch_model.safetensors")
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[key], after[key]) for key in before), component
+    trained = RGBDPortraitModel.from_pretrained(final)
+    assert trained.motion.config.window_frames == CLIP and trained.motion.config.motion_frames == MOTION_FRAMES
+    # The zero-initialised output projections moved: the motion layers now act.
+    assert any(layer.proj_out.weight.abs().max() > 0 for layer in trained.motion.temporal)
+    assert any(layer.attention.to_out[0].weight.abs().max() > 0 for layer in trained.motion.audio_attention[::2])
+    losses = (output / "motion" / "logs" / "train.jsonl").read_text().splitlines()
+    assert len(losses) == 3
+    assert (output / "motion" / "validation" / "step-00000003.png").is_file()
+
+
+def test_missing_sequences_stop_before_any_work(tmp_path, start_model):
+    data = tmp_path / "stills"
+    write_fake_still(data / "train" / "a_000", identity="a", split="train")
+    output = tmp_path / "run"
+    config = load_config(_config(tmp_path / "config.yaml", data_root=data, start_model=start_model, output_dir=output))
+    with pytest.raises(UserInputError, match="no 'train' talking sequence"):
+        train(config, show_progress=False)
+    assert not (output / "motion").exists()
+    with pytest.raises(UserInputError, match="motion_frames < clip_frames"):
+        load_config(tmp_path / "config.yaml", ["train.motion.motion_frames=4"])
+
+
+def test_clip_inputs_share_a_timestep_per_clip_and_give_motion_frames():
+    scheduler = DDPMScheduler(prediction_type="v_prediction")
+    stage = dataclasses.replace(MotionStageConfig(), clip_frames=5, motion_frames=2, motion_frames_dropout=0.5)
+    clean = torch.randn(64, 5, 8, 4, 4)
+    foreground = torch.ones(64, 5, 1, 4, 4)
+    inputs = make_clip_inputs(clean, foreground, scheduler=scheduler, stage=stage, generator=torch.Generator())
+    timesteps = inputs.timesteps.view(64, 5)
+    assert (timesteps == timesteps[:, :1]).all()
+    given = inputs.masks.view(64, 5, 2, 4, 4).amax(dim=(2, 3, 4)) > 0
+    with_motion = given[:, 0]
+    assert 0 < with_motion.sum() < 64  # motion-frame dropout draws both kinds of clip
+    assert given[with_motion, :2].all() and not given[:, 2:].any() and not given[~with_motion].any()
+    weights = inputs.loss_weights.view(64, 5, -1)
+    assert (weights[given] == 0).all() and (weights[~given] == 1).all()
+    assert torch.equal(inputs.known, clean.flatten(0, 1))
