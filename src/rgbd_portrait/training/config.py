@@ -144,6 +144,8 @@ class MotionStageConfig(StageConfig):
     """Stage 2, the talking head: temporal and audio layers on clips of talking sequences (`motion_stage`)."""
 
     batch_size: int = 2  # clips per process and micro-batch
+    # Where the talking sequences are (synthetic or prepared videos, any depth below); None reads data.root.
+    data_root: str | None = None
     clip_frames: int = 12
     # Frames at the start of a clip given as known (the sampler's motion frames from the previous window).
     motion_frames: int = 2

@@ -3,8 +3,8 @@
 The stage starts from an image model (the joint stage's) and adds fresh motion layers when it has none
 (`rgbd_portrait.models.motion`: the identity at first, so training starts from the image model exactly).
 Only `model.motion` trains unless `train_image_layers`. Data: clips of `clip_frames` consecutive frames of
-the talking sequences below `data.root` (`rgbd_portrait.data.sequence_dataset`), each with its frames' audio
-and a reference frame.
+the talking sequences below `train.motion.data_root` (default `data.root`; `rgbd_portrait.data.sequence_dataset`),
+each with its frames' audio and a reference frame.
 
 For a batch of B clips of F frames the objective draws, from one seeded generator:
 
@@ -48,12 +48,19 @@ Batch = dict[str, torch.Tensor]
 HOW_TO_GET_SEQUENCES = "render some with data.synthesize.sequences, or prepare videos"
 
 
-def check_motion_data(data: DataConfig) -> None:
-    """The motion stage needs talking sequences of the training split below `data.root` (checked before any work)."""
-    if not any(read_meta(folder).get("split", "train") == data.train_split for folder in find_sequences(data.root)):
+def sequence_root(data: DataConfig, stage: MotionStageConfig) -> tuple[str, str]:
+    """The folder holding the motion stage's talking sequences, and the config key that names it."""
+    return (stage.data_root, "train.motion.data_root") if stage.data_root else (data.root, "data.root")
+
+
+def check_motion_data(data: DataConfig, stage: MotionStageConfig) -> None:
+    """The motion stage needs talking sequences of the training split (checked before any work)."""
+    root, key = sequence_root(data, stage)
+    if not Path(root).is_dir():
+        raise UserInputError(f"{key}: {root} not found")
+    if not any(read_meta(folder).get("split", "train") == data.train_split for folder in find_sequences(root)):
         raise UserInputError(
-            f"data.root: no {data.train_split!r} talking sequence in {data.root} for the motion stage "
-            f"({HOW_TO_GET_SEQUENCES})"
+            f"{key}: no {data.train_split!r} talking sequence in {root} for the motion stage ({HOW_TO_GET_SEQUENCES})"
         )
 
 
@@ -216,8 +223,9 @@ class MotionRecipe:
     def clips(self, data: DataConfig, *, validation: bool, resolution: int, seed: int) -> TalkingClipDataset:
         """The clips of the training or validation split; none is a one-line error naming the folder."""
         split = data.validation_split if validation else data.train_split
+        root, key = sequence_root(data, self.stage)
         clips = TalkingClipDataset(
-            data.root,
+            root,
             audio_features=self.audio_features,
             split=split,
             resolution=resolution,
@@ -227,8 +235,8 @@ class MotionRecipe:
         )
         if not len(clips):
             raise UserInputError(
-                f"data.root: no {split!r} talking sequence with {self.stage.clip_frames} consecutive frames in "
-                f"{data.root} ({HOW_TO_GET_SEQUENCES})"
+                f"{key}: no {split!r} talking sequence with {self.stage.clip_frames} consecutive frames in {root} "
+                f"({HOW_TO_GET_SEQUENCES})"
             )
         return clips
 

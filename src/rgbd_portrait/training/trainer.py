@@ -238,7 +238,7 @@ class Trainer:
             # Empty splits are errors before any work starts.
             self._open_splits(resolution)
             if "motion" in self.plan.stages:
-                check_motion_data(config.data)
+                check_motion_data(config.data, config.train.motion)
         if self.is_main:
             folders.root.mkdir(parents=True, exist_ok=True)
             temporary = folders.config_file.with_name(".config.yaml.tmp")
