@@ -12,8 +12,10 @@ from rgbd_portrait.cli.main import main
 from rgbd_portrait.data.sample_format import find_samples, read_meta, read_sample, sequence_frames
 from rgbd_portrait.data.shards import index_shard
 from rgbd_portrait.data.synth import (
+    Camera,
     Expression,
     Pose,
+    View,
     assign_splits,
     render_dataset,
     render_samples,
@@ -159,11 +161,12 @@ def test_identities_differ_and_expressions_move_the_face():
     options = StudioOptions(identities=2, samples_per_identity=1, size=64, relights=0)
     base = still_view(options, studio_identity(0, 0), 0, 0)
     other = still_view(options, studio_identity(0, 1), 1, 0)
-    neutral = base.__class__(base.identity, Expression(), Pose(), base.camera, base.lighting)
+    close = Camera(size=64, focal_length_mm=85.0, distance=0.6)  # the head fills the frame
+    neutral = View(base.identity, Expression(), Pose(), close, base.lighting)
     variants = {
-        "other identity": neutral.__class__(other.identity, Expression(), Pose(), base.camera, base.lighting),
-        "jaw": neutral.__class__(base.identity, Expression(jaw_open=1.0), Pose(), base.camera, base.lighting),
-        "blink": neutral.__class__(base.identity, Expression(blink=1.0), Pose(), base.camera, base.lighting),
+        "other identity": View(other.identity, Expression(), Pose(), close, base.lighting),
+        "jaw": View(base.identity, Expression(jaw_open=1.0), Pose(), close, base.lighting),
+        "blink": View(base.identity, Expression(blink=1.0), Pose(), close, base.lighting),
     }
     samples = render_samples([neutral, *variants.values()])
     reference = samples[0]

@@ -1,7 +1,7 @@
 """Batched sphere tracing of signed-distance scenes: depth, mask, normals, albedo and lit images.
 
 All rays of all images in a batch are marched together as flat tensors. Rays that miss every bounding
-sphere of their sample never march; the others start where they enter the bounds, and rays that hit or
+ellipsoid of their sample never march; the others start where they enter the bounds, and rays that hit or
 leave are dropped from the working set (compaction) whenever enough of them are done, so late steps only
 pay for the rays still marching. Shading is Lambertian (`rgbd_portrait.geometry.shading`): an SH
 environment attenuated by ambient occlusion, plus directional lights with soft shadows. Colours are linear
@@ -33,10 +33,10 @@ class RenderSettings:
     # Compact the working set once this fraction of its rays is done.
     compaction_fraction: float = 0.15
     normal_epsilon: float = 5e-4
-    occlusion_samples: int = 5
-    occlusion_spacing: float = 0.006
+    occlusion_samples: int = 4
+    occlusion_spacing: float = 0.0075
     occlusion_strength: float = 10.0
-    shadow_samples: int = 10
+    shadow_samples: int = 7
     shadow_start: float = 0.003
     shadow_end: float = 0.3
     shadow_softness: float = 10.0
@@ -80,15 +80,18 @@ def rotate(rotations: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     return torch.stack([sum(rotations[:, row, column] * vectors[column] for column in range(3)) for row in range(3)])
 
 
-def _bounds(origins: torch.Tensor, directions: torch.Tensor, spheres: torch.Tensor):
-    """Entry and exit distances (N,) of rays (3, N) through the union of their spheres (N, S, 4)."""
-    offset = origins.T.unsqueeze(1) - spheres[..., :3]  # (N, S, 3)
-    along = (offset * directions.T.unsqueeze(1)).sum(-1)
-    discriminant = along.square() - (offset.square().sum(-1) - spheres[..., 3].square())
+def _bounds(origins: torch.Tensor, directions: torch.Tensor, ellipsoids: torch.Tensor):
+    """Entry and exit distances (N,) of rays (3, N) through the union of their ellipsoids (N, S, 6)."""
+    radii = ellipsoids[..., 3:]
+    offset = (origins.T.unsqueeze(1) - ellipsoids[..., :3]) / radii  # (N, S, 3) in unit-sphere space
+    heading = directions.T.unsqueeze(1) / radii
+    a = heading.square().sum(-1)
+    b = (offset * heading).sum(-1)
+    discriminant = b.square() - a * (offset.square().sum(-1) - 1.0)
     hit = discriminant > 0
     root = discriminant.clamp_min(0.0).sqrt()
-    enter = torch.where(hit, (-along - root).clamp_min(0.0), torch.full_like(along, float("inf")))
-    leave = torch.where(hit, -along + root, torch.zeros_like(along))
+    enter = torch.where(hit, ((-b - root) / a).clamp_min(0.0), torch.full_like(b, float("inf")))
+    leave = torch.where(hit, (-b + root) / a, torch.zeros_like(b))
     return enter.min(1).values, leave.max(1).values
 
 
@@ -202,20 +205,6 @@ class _Surface:
     occlusion: torch.Tensor  # (M,)
 
 
-def _newton_refine(
-    scene: Scene, origin: torch.Tensor, direction: torch.Tensor, t: torch.Tensor, columns: Columns, step: float
-) -> torch.Tensor:
-    """One Newton step on the distance along each converged ray: removes the hit tolerance's error, which
-    sphere tracing alone leaves at 1 / cos(incidence) times the tolerance on oblique surfaces."""
-
-    def along(offset: float) -> torch.Tensor:
-        return scene.distance(tuple(origin[axis] + (t + offset) * direction[axis] for axis in range(3)), columns)
-
-    approach = (along(-step) - along(step)) / (2.0 * step)  # -d(distance)/dt: cos of the incidence angle
-    # Bounded where the ray grazes the surface, so a near-tangent ray cannot jump far.
-    return t + along(0.0) / approach.clamp_min(0.25)
-
-
 def _trace_surface(
     scene: Scene, cameras: Sequence[Camera], settings: RenderSettings
 ) -> tuple[_Surface, torch.Tensor, torch.Tensor]:
@@ -227,11 +216,11 @@ def _trace_surface(
     sample = torch.arange(batch, device=device).repeat_interleave(pixels)
     directions = rotate(scene.rotation[sample], camera_directions.permute(1, 0, 2).reshape(3, -1))
     origins = scene.translation.T[:, sample]
-    start, end = _bounds(origins, directions, scene.bounding_spheres[sample])
+    start, end = _bounds(origins, directions, scene.bounding_ellipsoids[sample])
     candidates = (start < end).nonzero().squeeze(1)
     focal = torch.tensor([camera.focal_length_pixels for camera in cameras], device=device)
     # The footprint grows off-axis (by ≤ 10 % in a portrait lens); the on-axis value is close enough.
-    hit, t, _ = sphere_trace(
+    hit, t, distance = sphere_trace(
         scene,
         origins[:, candidates],
         directions[:, candidates],
@@ -241,12 +230,16 @@ def _trace_surface(
         footprint=1.0 / focal[sample[candidates]],
         settings=settings,
     )
-    rays, t = candidates[hit], t[hit]
+    rays, t, distance = candidates[hit], t[hit], distance[hit]
     parameters = scene.parameters.columns(sample[rays])
     origin, direction = origins[:, rays], directions[:, rays]
-    t = _newton_refine(scene, origin, direction, t, parameters, settings.normal_epsilon)
     points = tuple(origin[axis] + t * direction[axis] for axis in range(3))
     normals = surface_normals(scene, points, parameters, settings.normal_epsilon)
+    # A Newton step along the ray removes the hit tolerance's error, which sphere tracing alone leaves at
+    # 1 / cos(incidence) times the tolerance on oblique surfaces; bounded where rays graze the surface.
+    incidence = -(normals * direction).sum(0)
+    t = t + distance / incidence.clamp_min(0.25)
+    points = tuple(origin[axis] + t * direction[axis] for axis in range(3))
     surface = _Surface(
         ray=rays,
         sample=sample[rays],

@@ -16,28 +16,30 @@ Points = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class Columns:
-    """Per-ray parameter values: one contiguous (M,) tensor per name."""
+    """Per-ray parameter values: `columns[name]` is a contiguous (M,) tensor.
 
-    def __init__(self, values: torch.Tensor, index: Mapping[str, int]):
-        self.values = values  # (P, M)
-        self.index = index
+    Rows are gathered from the per-sample table on first use and kept, so a subset of rays (`select`)
+    costs one small index vector, and parameters a field never reads for those rays are never gathered.
+    """
+
+    def __init__(self, table: ParameterTable, sample: torch.Tensor):
+        self.table = table
+        self.sample = sample  # (M,) sample index of each ray
+        self._rows: dict[str, torch.Tensor] = {}
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self.values[self.index[name]]
+        row = self._rows.get(name)
+        if row is None:
+            row = self._rows[name] = self.table.values[self.table.index[name]].index_select(0, self.sample)
+        return row
 
     def select(self, rays: torch.Tensor) -> Columns:
         """The columns of a subset of rays (indices or a boolean mask into M)."""
-        if rays.dtype == torch.bool:
-            rays = rays.nonzero().squeeze(1)
-        return Columns(self.values.index_select(1, rays), self.index)
-
-    def repeat(self, times: int) -> Columns:
-        """The same rays `times` over, matching points concatenated `times` over."""
-        return Columns(self.values.repeat(1, times), self.index)
+        return Columns(self.table, self.sample[rays])
 
 
 class ParameterTable:
-    """Named scalars per sample, stored as a (P, B) tensor so that a gather per ray is one operation."""
+    """Named scalars per sample, stored as a (P, B) tensor."""
 
     def __init__(self, rows: Sequence[Mapping[str, float]], *, device: torch.device | str = "cpu"):
         names = list(rows[0])
@@ -51,7 +53,7 @@ class ParameterTable:
         return bool((self.values[self.index[name]] != 0).any())
 
     def columns(self, sample_index: torch.Tensor) -> Columns:
-        return Columns(self.values.index_select(1, sample_index), self.index)
+        return Columns(self, sample_index)
 
 
 class Scene(Protocol):
@@ -61,8 +63,8 @@ class Scene(Protocol):
     # Camera → object frame: p_object = rotation @ p_camera + translation; (B, 3, 3) and (B, 3).
     rotation: torch.Tensor
     translation: torch.Tensor
-    # Spheres (B, S, 4) = centre xyz, radius in the object frame whose union contains all geometry.
-    bounding_spheres: torch.Tensor
+    # Ellipsoids (B, S, 6) = centre xyz, radii xyz (object frame) whose union contains all geometry.
+    bounding_ellipsoids: torch.Tensor
 
     def distance(self, points: Points, parameters: Columns) -> torch.Tensor:
         """Signed distance (M,) at object-frame points, each with its sample's parameters."""
