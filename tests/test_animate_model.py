@@ -118,6 +118,19 @@ def test_checkpoint_keeps_motion_layers_and_image_checkpoints_have_none(model, t
         RGBDPortraitModel.from_pretrained(tmp_path / "talking")
 
 
+@torch.no_grad()
+def test_a_deep_copy_runs_its_own_motion_layers(model):
+    model.add_motion_layers(_motion(model))
+    copied = copy.deepcopy(model)
+    _randomise(copied.motion)
+    reference, noisy, timesteps, audio = _clip_inputs(model)
+    outputs = []
+    for candidate in (model, copied, model):
+        with candidate.motion.frames(FRAMES, batch_size=FRAMES, audio_windows=audio):
+            outputs.append(candidate.denoise(noisy, timesteps, task="joint", reference=reference))
+    assert torch.equal(outputs[0], outputs[2]) and not torch.allclose(outputs[0], outputs[1], atol=1e-4)
+
+
 def _enter(context) -> None:
     with context:
         pass

@@ -69,6 +69,27 @@ def insertion_points(unet: UNet2DConditionModel) -> list[InsertionPoint]:
     return points
 
 
+class _MotionHook:
+    """The forward hook of insertion point `index`: runs the motion layers on the module's output inside `frames`.
+
+    An object rather than a closure, so that a deep copy of the model gets hooks calling the copied layers.
+    """
+
+    def __init__(self, motion: MotionLayers, index: int):
+        self.motion = motion
+        self.index = index
+
+    def __call__(self, _module: nn.Module, _inputs, output):
+        if self.motion._state is None:
+            return output
+        if isinstance(output, tuple):
+            return (self.motion._run_layers(self.index, output[0]), *output[1:])
+        if hasattr(output, "sample"):  # a transformer called with return_dict=True
+            output.sample = self.motion._run_layers(self.index, output.sample)
+            return output
+        return self.motion._run_layers(self.index, output)
+
+
 @dataclass
 class _ClipState:
     """What the hooks need while `frames` is active."""
@@ -170,25 +191,12 @@ class MotionLayers(ModelMixin, ConfigMixin):
             raise UserInputError("motion layers: their layer names or widths do not match the backbone's")
         for index, point in enumerate(points):
             module = backbone.get_submodule(point.name)
-            self._hooks.append(module.register_forward_hook(self._hook(index)))
+            self._hooks.append(module.register_forward_hook(_MotionHook(self, index)))
 
     def detach(self) -> None:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
-
-    def _hook(self, index: int):
-        def run(_module: nn.Module, _inputs, output):
-            if self._state is None:
-                return output
-            if isinstance(output, tuple):
-                return (self._run_layers(index, output[0]), *output[1:])
-            if hasattr(output, "sample"):  # a transformer called with return_dict=True
-                output.sample = self._run_layers(index, output.sample)
-                return output
-            return self._run_layers(index, output)
-
-        return run
 
     def _run_layers(self, index: int, hidden_states: torch.Tensor) -> torch.Tensor:
         state = self._state
