@@ -55,7 +55,7 @@ def _resume_config(tmp_path, data_root, **extra):
         data_root,
         train={
             "stages": ["codec", "joint"],
-            "codec": {"max_steps": 2, "batch_size": 2},
+            "codec": {"max_steps": 2, "batch_size": 2, "crop_size": 8, "edge_weight": 0.5},
             "joint": {
                 "max_steps": 6,
                 "batch_size": 2,
@@ -159,7 +159,9 @@ def test_errors_before_any_work(tmp_path, data_root):
                 tmp_path, data_root, train={"joint": {"validate_every": 1}}, overrides=["data.validation_split=test"]
             )
         ).run()
-    assert not (output / "joint").exists()
+    with pytest.raises(UserInputError, match="crop_size"):
+        Trainer(_config(tmp_path, data_root, train={"stages": ["codec"], "codec": {"crop_size": 32}})).run()
+    assert not output.exists()
 
     (output / "joint" / "model").mkdir(parents=True)
     with pytest.raises(UserInputError, match="already holds a run"):

@@ -45,6 +45,7 @@ def test_config_overrides_and_defaults(config_file):
     assert config.train.stages == ["codec", "joint"]
     assert config.train.codec.kl_weight == pytest.approx(1e-6)
     assert config.model == {"name": "tiny"}
+    assert load_config(config_file, ["train.mixed_precision=no"]).train.mixed_precision == "no"
 
 
 def test_model_override_replaces_the_whole_section(config_file):

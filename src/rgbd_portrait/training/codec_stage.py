@@ -26,6 +26,14 @@ def codec_images(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([batch["rgb"], batch["depth"].expand(-1, 3, -1, -1)], dim=0)
 
 
+def random_crop(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """One random `size`×`size` window, the same for the whole batch (B, C, H, W); drawn from `generator`."""
+    height, width = images.shape[-2:]
+    top = int(torch.randint(height - size + 1, (1,), generator=generator, device=generator.device))
+    left = int(torch.randint(width - size + 1, (1,), generator=generator, device=generator.device))
+    return images[..., top : top + size, left : left + size]
+
+
 class CodecTrainingModule(nn.Module):
     """What the codec stage trains (and DDP wraps): the VAE's encode → sample → decode pass."""
 

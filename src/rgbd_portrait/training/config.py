@@ -99,6 +99,8 @@ class CodecStageConfig(StageConfig):
     edge_weight: float = 0.0
     # Relative weight of the depth reconstructions against the RGB ones.
     depth_weight: float = 1.0
+    # Train on random square crops of this side (the VAE is convolutional): cheaper steps; None = whole images.
+    crop_size: int | None = None
 
 
 @dataclass
@@ -241,6 +243,9 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise UserInputError(f"{source}: {_describe(error)}") from error
+    # YAML reads a bare `no` as false, which a string field receives as "False".
+    if config.train.mixed_precision in ("False", "false", "off"):
+        config.train.mixed_precision = "no"
     check_config(config, source=source)
     return config
 
@@ -312,6 +317,11 @@ def check_config(config: ExperimentConfig, *, source: str = "config") -> None:
     for weight in ("kl_weight", "edge_weight", "depth_weight"):
         value = getattr(codec, weight)
         _require(value >= 0, source, f"train.codec.{weight} must be >= 0, got {value}")
+    _require(
+        codec.crop_size is None or codec.crop_size > 0,
+        source,
+        f"train.codec.crop_size must be positive or null, got {codec.crop_size}",
+    )
     joint = train.joint
     probabilities = [joint.tasks.joint, joint.tasks.image_to_depth, joint.tasks.depth_to_image]
     _require(min(probabilities) >= 0, source, "train.joint.tasks: probabilities must be >= 0")

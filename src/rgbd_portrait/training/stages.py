@@ -24,12 +24,27 @@ from rgbd_portrait.training.codec_stage import (
     calibrate_latent_scale,
     codec_images,
     codec_loss,
+    random_crop,
 )
-from rgbd_portrait.training.config import CodecStageConfig, JointStageConfig
+from rgbd_portrait.training.config import CodecStageConfig, ExperimentConfig, JointStageConfig
 from rgbd_portrait.training.joint_objective import latent_foreground, make_diffusion_inputs, weighted_mse
 from rgbd_portrait.training.validation import validate_codec, validate_joint
 
 Batch = dict[str, torch.Tensor]
+
+
+def check_stage_settings(config: ExperimentConfig, model: RGBDPortraitModel, *, resolution: int) -> None:
+    """Settings that depend on the model, checked before any work starts (one-line errors)."""
+    crop_size = config.train.codec.crop_size
+    factor = model.codec.downscale_factor
+    if "codec" in config.train.stages and crop_size is not None and (crop_size > resolution or crop_size % factor):
+        raise UserInputError(
+            f"train.codec.crop_size: {crop_size} must be at most the resolution {resolution} and a multiple of "
+            f"the VAE's factor {factor}"
+        )
+    # A CLIP context embeds the reference image itself, which cached latents cannot give back.
+    if "joint" in config.train.stages and config.data.cache_latents and isinstance(model.context, ClipImageContext):
+        raise UserInputError("data.cache_latents: the CLIP context needs the reference images; set it to false")
 
 
 class CodecRecipe:
@@ -48,6 +63,8 @@ class CodecRecipe:
 
     def loss(self, module: nn.Module, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, Batch]:
         images = codec_images(batch)
+        if self.stage.crop_size is not None:
+            images = random_crop(images, self.stage.crop_size, generator)
         reconstruction, kl = module(images, generator)
         return codec_loss(reconstruction, images, kl, self.stage)
 
@@ -69,9 +86,6 @@ class JointRecipe:
         self.stage = stage
         self.module = model.denoiser
         self.scheduler = model.make_scheduler()
-        # A CLIP context embeds the reference image itself, which cached latents cannot give back.
-        if uses_latents and isinstance(model.context, ClipImageContext):
-            raise UserInputError("data.cache_latents: the CLIP context needs reference images; set it to false")
         self.uses_latents = uses_latents
 
     def enable_gradient_checkpointing(self) -> None:

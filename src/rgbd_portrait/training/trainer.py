@@ -58,7 +58,7 @@ from rgbd_portrait.training.motion_stage import MotionRecipe, check_motion_data
 from rgbd_portrait.training.optim import build_optimizer, load_optimizer_state, optimizer_state_to_files
 from rgbd_portrait.training.sampler import SampleStream, StreamBatchSampler
 from rgbd_portrait.training.seeding import derive_seed, make_generator
-from rgbd_portrait.training.stages import CodecRecipe, JointRecipe
+from rgbd_portrait.training.stages import CodecRecipe, JointRecipe, check_stage_settings
 
 # Training samples the codec stage encodes to calibrate the latent scale.
 CALIBRATION_SAMPLES = 256
@@ -232,6 +232,7 @@ class Trainer:
         checkpoint = self.plan.resume_checkpoint
         model = self._load_model(checkpoint / MODEL_FOLDER if checkpoint else self.plan.start_model)
         resolution = self._resolution(model)
+        check_stage_settings(config, model, resolution=resolution)
         seed = config.train.seed
         data_exists = Path(config.data.root).is_dir()
         if data_exists:
