@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "rgbd_portrait.cli.render",
     "rgbd_portrait.cli.relight",
     "rgbd_portrait.cli.animate",
+    "rgbd_portrait.cli.eval",
 )
 
 

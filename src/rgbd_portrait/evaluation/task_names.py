@@ -1,0 +1,10 @@
+"""The evaluation's task names and titles, in a module light enough for the CLI to read while building parsers."""
+
+TASKS = ("image_to_depth", "depth_to_image", "joint", "relighting", "speed")
+TASK_TITLES = {
+    "image_to_depth": "Image → depth",
+    "depth_to_image": "Depth → image",
+    "joint": "Joint generation",
+    "relighting": "Relighting",
+    "speed": "Speed",
+}
