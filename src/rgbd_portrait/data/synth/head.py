@@ -36,13 +36,15 @@ JAW_HINGE = (0.0, -0.008, -0.008)
 MAX_JAW_ANGLE_DEGREES = 14.0
 # The condyle glides forward as the jaw opens, so the chin drops more than it retreats.
 JAW_GLIDE = 0.004
+# How far in front of the head centre the lower lip sits (its ellipsoid's centre).
+LOWER_LIP_DEPTH = 0.082
 EYEBALL_RADIUS = 0.012
 EYE_HEIGHT = 0.0
 EYE_DEPTH = 0.064
 CRANIUM_CENTRE_Y = 0.025
 CLOSED_LID_ANGLE_DEGREES = -20.0
 LOWER_LID_ANGLE_DEGREES = -24.0
-# Half-angles of the iris and pupil seen from the eyeball centre (an 11.7 mm iris on a 12 mm eyeball).
+# Half-angles of the iris and pupil seen from the eyeball centre (a 12.7 mm iris on a 12 mm-radius eye).
 IRIS_HALF_ANGLE_DEGREES = 32.0
 PUPIL_HALF_ANGLE_DEGREES = 12.0
 # Bounds (centre, radii) of the head without hanging hair (a sphere in the head frame) and of neck,
@@ -161,7 +163,7 @@ def head_rows(view: View) -> dict[str, float]:
     rows["smile_lift"] = 0.007 * face.smile - 0.001
     rows["smile_pull"] = 0.004 * face.smile
     # How far the lower lip drops when the jaw rotates: sizes the mouth cavity.
-    lip = np.array([stomion - who.lower_lip - JAW_HINGE[1], 0.082 - JAW_HINGE[2]])
+    lip = np.array([stomion - who.lower_lip - JAW_HINGE[1], LOWER_LIP_DEPTH - JAW_HINGE[2]])
     rotated = np.array(
         [
             lip[0] * math.cos(jaw_angle) - lip[1] * math.sin(jaw_angle),
@@ -249,7 +251,7 @@ class HeadScene:
     """B heads (one per view) ready to render; see `rgbd_portrait.data.synth.scene.Scene`."""
 
     def __init__(self, views: Sequence[View], *, device: torch.device | str = "cpu", cull: bool = True):
-        """`cull=False` evaluates the face everywhere (slower; the field near the surface is the same)."""
+        """`cull=False` evaluates face and body everywhere (slower; the field near the surface is the same)."""
         self.views = list(views)
         self.cull = cull
         self.parameters = ParameterTable([head_rows(v) | colour_rows(v) for v in self.views], device=device)
@@ -332,7 +334,7 @@ class HeadScene:
         chin = ellipsoid(jx, jy, jz, (0.0, -0.106 * face_length, p["chin_z"]), (p["chin_x"], 0.017, 0.016))
         jaw = smooth_union(smooth_union(lower_face, mandible, 0.02), chin, 0.015)
         lower_lip = ellipsoid(
-            jx, jaw_by, jaw_bz, (0.0, stomion - p["lower_lip"], 0.082), (mouth_width, p["lower_lip"], 0.0085)
+            jx, jaw_by, jaw_bz, (0.0, stomion - p["lower_lip"], LOWER_LIP_DEPTH), (mouth_width, p["lower_lip"], 0.0085)
         )
         skin = smooth_union(skin, jaw, 0.02)
         lips = torch.minimum(upper_lip, lower_lip)

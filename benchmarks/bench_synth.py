@@ -1,0 +1,137 @@
+"""Synthetic studio speed: samples per second with every output written (rgb, depth, mask, normals, albedo,
+relit images, meta.json), and the rendering alone.
+
+    python benchmarks/bench_synth.py                              # 128 px, 2 relights, 64 samples, 2 threads
+    python benchmarks/bench_synth.py --size 256 --threads 1 --out /tmp/synth_speed.md
+
+Run from the repository root. Writes a Markdown table to benchmarks/results/synth_speed.md (or --out) and
+prints it. Each measurement is repeated after a warm-up; the table gives the median and the best. The load
+average of the machine is recorded, since other processes on the same cores slow everything down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from rgbd_portrait.data.synth import StudioOptions, render_dataset, render_samples, still_view, studio_identity
+from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
+
+
+def time_dataset(arguments: argparse.Namespace, directory: Path) -> float:
+    """Seconds to render and write a data set of `arguments.samples` samples."""
+    out = directory / "set"
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    render_dataset(
+        out,
+        identities=arguments.samples // arguments.samples_per_identity,
+        samples_per_identity=arguments.samples_per_identity,
+        size=arguments.size,
+        relights=arguments.relights,
+        seed=arguments.seed,
+        device=arguments.device,
+        batch_size=arguments.batch_size,
+        show_progress=False,
+    )
+    return time.perf_counter() - start
+
+
+def time_rendering(arguments: argparse.Namespace) -> float:
+    """Seconds to render the same views in memory (no encoding, no files)."""
+    options = StudioOptions(
+        identities=arguments.samples // arguments.samples_per_identity,
+        samples_per_identity=arguments.samples_per_identity,
+        size=arguments.size,
+        relights=arguments.relights,
+        seed=arguments.seed,
+    )
+    views = [
+        still_view(options, studio_identity(arguments.seed, identity), identity, sample)
+        for identity in range(options.identities)
+        for sample in range(options.samples_per_identity)
+    ]
+    start = time.perf_counter()
+    for first in range(0, len(views), arguments.batch_size):
+        render_samples(views[first : first + arguments.batch_size], device=arguments.device)
+    if arguments.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--relights", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=64, help="samples per repeat")
+    parser.add_argument("--samples-per-identity", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results/synth_speed.md")
+    arguments = parser.parse_args(argv)
+    torch.set_num_threads(arguments.threads)
+    load_before = os.getloadavg()
+
+    with tempfile.TemporaryDirectory(prefix="bench_synth.") as directory:
+        time_dataset(arguments, Path(directory))  # warm-up
+        written = [time_dataset(arguments, Path(directory)) for _ in range(arguments.repeats)]
+    rendered = [time_rendering(arguments) for _ in range(arguments.repeats)]
+    load_after = os.getloadavg()
+
+    def rates(seconds: list[float]) -> str:
+        return f"{arguments.samples / statistics.median(seconds):.1f} | {arguments.samples / min(seconds):.1f}"
+
+    command = " ".join(shlex.quote(part) for part in ["python", *sys.argv])
+    wait_policy = os.environ.get("OMP_WAIT_POLICY", "unset")
+    table = "\n".join(
+        [
+            "# Synthetic studio speed",
+            "",
+            f"Command: `{command}` (environment: OMP_WAIT_POLICY={wait_policy})",
+            "",
+            f"{arguments.size}×{arguments.size} px, {arguments.relights} relit images per sample, "
+            f"batches of {arguments.batch_size}, {arguments.samples} samples per repeat, {arguments.repeats} "
+            f"repeats after a warm-up; device {arguments.device}, {arguments.threads} torch threads.",
+            "",
+            "| measurement | samples/s (median) | samples/s (best) |",
+            "|---|---|---|",
+            f"| render and write every output (`render_dataset`) | {rates(written)} |",
+            f"| render only (`render_samples`, in memory) | {rates(rendered)} |",
+            "",
+            f"Machine: {_cpu_model()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
+            f"torch {torch.__version__}. Load average (1, 5, 15 min) before: "
+            f"{', '.join(f'{value:.1f}' for value in load_before)}; after: "
+            f"{', '.join(f'{value:.1f}' for value in load_after)}.",
+            "",
+        ]
+    )
+    write_bytes_atomically(arguments.out, table.encode())
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
