@@ -141,6 +141,8 @@ def test_shards_read_the_same_as_folders(root, tmp_path):
             by_content.setdefault(item["identity"], []).append(item["rgb"].sum().item())
     for values in by_content.values():
         assert sorted(values[: len(values) // 2]) == sorted(values[len(values) // 2 :])
+    with pytest.raises(UserInputError, match="must not be inside"):
+        pack_shards(root, root / "shards", show_progress=False)
     single = PortraitDataset(written[-1], split=None)
     assert len(single) == 2 and {entry.identity for entry in single.entries} == {"cy"}
 

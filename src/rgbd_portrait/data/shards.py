@@ -161,10 +161,11 @@ def pack_shards(
 
     Keys are the folders' paths relative to `source` with '/' and '.' replaced by '_'.
     """
-    destination = Path(destination)
+    source, destination = Path(source), Path(destination)
     if destination.exists() and any(destination.glob(f"*{SHARD_SUFFIX}")):
         raise UserInputError(f"{destination}: already holds shards")
-    source = Path(source)
+    if destination.resolve().is_relative_to(source.resolve()):
+        raise UserInputError(f"{destination}: must not be inside {source}, or readers would see samples twice")
     folders = find_samples(source)
     if not folders:
         raise UserInputError(f"{source}: no sample folders found")
