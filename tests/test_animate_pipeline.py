@@ -19,7 +19,7 @@ from rgbd_portrait.models import RGBDPortraitModel
 from rgbd_portrait.models.motion import MotionLayers
 from rgbd_portrait.models.testing import tiny_model_section
 from rgbd_portrait.pipelines import RGBDPortraitPipeline, animation_export
-from rgbd_portrait.pipelines.animate import animate, window_count
+from rgbd_portrait.pipelines.animate import animate
 from rgbd_portrait.pipelines.animation_export import VIDEO_FILES, run_animate
 
 SIDE = 16
@@ -90,8 +90,8 @@ def test_windows_cover_long_audio_with_one_reference_pass_and_bounded_batches(fi
     assert output.rgb.shape == (frames, SIDE, SIDE, 3) and output.depth.shape == (frames, SIDE, SIDE)
     assert output.depth.min() >= 0.0 and output.depth.max() <= 1.0
     assert len(reference_runs) == 1
-    windows = window_count(frames, window_frames=WINDOW, motion_frames=MOTION_FRAMES)
-    assert windows == 3 and len(backbone_inputs) == windows
+    # 14 frames: 6 new, then 4 new after 2 motion frames, twice; one step per window.
+    assert len(backbone_inputs) == 3
     # Memory is bounded by the window: no backbone call holds more than a window (doubled for guidance).
     assert max(batch.shape[0] for batch in backbone_inputs) == 2 * WINDOW
     # Motion frames: every window after the first starts with known frames of both modalities (masks 1).

@@ -22,7 +22,6 @@ in the unconditional branch (the motion stage trains that case).
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -342,10 +341,3 @@ def animate(
         fps=prepared.fps,
     )
     return output if return_dict else output.to_tuple()
-
-
-def window_count(frame_count: int, *, window_frames: int, motion_frames: int) -> int:
-    """How many denoising loops `iter_animation` runs for `frame_count` frames."""
-    if frame_count <= window_frames:
-        return 1
-    return 1 + math.ceil((frame_count - window_frames) / (window_frames - motion_frames))
