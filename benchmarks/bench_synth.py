@@ -1,12 +1,14 @@
 """Synthetic studio speed: samples per second with every output written (rgb, depth, mask, normals, albedo,
 relit images, meta.json), and the rendering alone.
 
-    python benchmarks/bench_synth.py                              # 128 px, 2 relights, 64 samples, 2 threads
-    python benchmarks/bench_synth.py --size 256 --threads 1 --out /tmp/synth_speed.md
+    python benchmarks/bench_synth.py                    # 128 px, 2 relights, 64 samples, 2 then 1 torch threads
+    python benchmarks/bench_synth.py --size 256 --threads 2 --out /tmp/synth_speed.md
 
 Run from the repository root. Writes a Markdown table to benchmarks/results/synth_speed.md (or --out) and
-prints it. Each measurement is repeated after a warm-up; the table gives the median and the best. The load
-average of the machine is recorded, since other processes on the same cores slow everything down.
+prints it. Each measurement is repeated after a warm-up; the table gives the median and the best rate per
+wall-clock second, and the rate per CPU-second this process used. The load average is recorded: other
+processes on the same cores slow the wall-clock rate, while with one thread the rate per CPU-second is what
+one dedicated core would do.
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ from rgbd_portrait.data.synth import StudioOptions, render_dataset, render_sampl
 from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
 
 
-def time_dataset(arguments: argparse.Namespace, directory: Path) -> float:
-    """Seconds to render and write a data set of `arguments.samples` samples."""
+def time_dataset(arguments: argparse.Namespace, directory: Path) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds to render and write a data set of `arguments.samples` samples."""
     out = directory / "set"
     shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     render_dataset(
         out,
         identities=arguments.samples // arguments.samples_per_identity,
@@ -44,11 +46,11 @@ def time_dataset(arguments: argparse.Namespace, directory: Path) -> float:
         batch_size=arguments.batch_size,
         show_progress=False,
     )
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
-def time_rendering(arguments: argparse.Namespace) -> float:
-    """Seconds to render the same views in memory (no encoding, no files)."""
+def time_rendering(arguments: argparse.Namespace) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds to render the same views in memory (no encoding, no files)."""
     options = StudioOptions(
         identities=arguments.samples // arguments.samples_per_identity,
         samples_per_identity=arguments.samples_per_identity,
@@ -61,12 +63,22 @@ def time_rendering(arguments: argparse.Namespace) -> float:
         for identity in range(options.identities)
         for sample in range(options.samples_per_identity)
     ]
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for first in range(0, len(views), arguments.batch_size):
         render_samples(views[first : first + arguments.batch_size], device=arguments.device)
     if arguments.device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def rates(arguments: argparse.Namespace, timings: list[tuple[float, float]]) -> str:
+    """Samples per wall-clock second (median, best) and per CPU-second of this process (median)."""
+    wall = [seconds for seconds, _ in timings]
+    cpu = statistics.median(cpu_seconds for _, cpu_seconds in timings)
+    return (
+        f"{arguments.samples / statistics.median(wall):.1f} | {arguments.samples / min(wall):.1f} | "
+        f"{arguments.samples / cpu:.1f}"
+    )
 
 
 def _cpu_model() -> str:
@@ -87,22 +99,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples-per-identity", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="torch CPU threads to try")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/synth_speed.md")
     arguments = parser.parse_args(argv)
-    torch.set_num_threads(arguments.threads)
     load_before = os.getloadavg()
-
-    with tempfile.TemporaryDirectory(prefix="bench_synth.") as directory:
-        time_dataset(arguments, Path(directory))  # warm-up
-        written = [time_dataset(arguments, Path(directory)) for _ in range(arguments.repeats)]
-    rendered = [time_rendering(arguments) for _ in range(arguments.repeats)]
+    rows = []
+    for threads in arguments.threads:
+        torch.set_num_threads(threads)
+        with tempfile.TemporaryDirectory(prefix="bench_synth.") as directory:
+            time_dataset(arguments, Path(directory))  # warm-up
+            written = [time_dataset(arguments, Path(directory)) for _ in range(arguments.repeats)]
+        rendered = [time_rendering(arguments) for _ in range(arguments.repeats)]
+        rows.append(f"| {threads} | render and write every output (`render_dataset`) | {rates(arguments, written)} |")
+        rows.append(f"| {threads} | render only (`render_samples`, in memory) | {rates(arguments, rendered)} |")
     load_after = os.getloadavg()
-
-    def rates(seconds: list[float]) -> str:
-        return f"{arguments.samples / statistics.median(seconds):.1f} | {arguments.samples / min(seconds):.1f}"
 
     command = " ".join(shlex.quote(part) for part in ["python", *sys.argv])
     wait_policy = os.environ.get("OMP_WAIT_POLICY", "unset")
@@ -114,12 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"{arguments.size}×{arguments.size} px, {arguments.relights} relit images per sample, "
             f"batches of {arguments.batch_size}, {arguments.samples} samples per repeat, {arguments.repeats} "
-            f"repeats after a warm-up; device {arguments.device}, {arguments.threads} torch threads.",
+            f"repeats after a warm-up; device {arguments.device}.",
             "",
-            "| measurement | samples/s (median) | samples/s (best) |",
-            "|---|---|---|",
-            f"| render and write every output (`render_dataset`) | {rates(written)} |",
-            f"| render only (`render_samples`, in memory) | {rates(rendered)} |",
+            "| torch threads | measurement | samples/s (median) | samples/s (best) | samples per CPU-second |",
+            "|---|---|---|---|---|",
+            *rows,
             "",
             f"Machine: {_cpu_model()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
             f"torch {torch.__version__}. Load average (1, 5, 15 min) before: "
