@@ -90,6 +90,10 @@ class AnimationWriter:
     def __enter__(self) -> AnimationWriter:
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         self._temporary = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", suffix=".tmp", dir=self.folder.parent))
+        # mkdtemp makes the folder private; the result follows the user's umask like any other folder.
+        umask = os.umask(0)
+        os.umask(umask)
+        self._temporary.chmod(0o777 & ~umask)
         try:
             self._open()
         except BaseException:

@@ -200,7 +200,7 @@ class MotionRecipe:
 
     def __init__(self, model: RGBDPortraitModel, stage: MotionStageConfig):
         if model.motion is None:
-            model.add_motion_layers(new_motion_layers(model, stage).to(model.backbone.device))
+            model.add_motion_layers(new_motion_layers(model, stage))
         motion = model.motion
         if stage.clip_frames > motion.config.max_frames:
             raise UserInputError(
