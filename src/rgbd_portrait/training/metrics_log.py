@@ -74,10 +74,6 @@ class MetricsLogger:
             for name, value in values.items():
                 self._tensorboard.add_scalar(f"{kind}/{name}", value, step)
 
-    def add_image(self, tag: str, step: int, image_hwc) -> None:
-        if self._tensorboard is not None:
-            self._tensorboard.add_image(tag, image_hwc, step, dataformats="HWC")
-
     def close(self) -> None:
         if self._tensorboard is not None:
             self._tensorboard.close()

@@ -1,0 +1,132 @@
+"""Training speed: steps/s and samples/s of each stage, with and without latent caching.
+
+    python benchmarks/bench_training.py                              # configs/tiny.yaml on this machine's CPU
+    python benchmarks/bench_training.py --config configs/sd15.yaml --mixed-precision bf16 --batch-size 4 \
+        --out benchmarks/results/training_speed_sd15.md           # on a GPU: adds peak memory
+
+Run from the repository root. Renders a small synthetic data set at the model's resolution (or uses
+--data), trains each variant for --warmup + --steps steps through the real trainer (`Trainer`), and reports
+the median step time after the warm-up, from the trainer's own logs. Writes a Markdown table to
+benchmarks/results/training_speed.md (or --out) and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
+from rgbd_portrait.training import Trainer, load_config
+
+# (label, stage, overrides)
+VARIANTS = (
+    ("codec stage", "codec", []),
+    ("joint stage, VAE encoding every step", "joint", ["data.cache_latents=false"]),
+    ("joint stage, cached latents", "joint", ["data.cache_latents=true"]),
+)
+
+
+def measure(config_path: str, overrides: list[str], stage: str, *, steps: int, warmup: int) -> dict[str, float]:
+    """Median seconds per step after `warmup` steps, and the peak GPU memory when on CUDA."""
+    config = load_config(
+        config_path,
+        [
+            *overrides,
+            f"train.stages=[{stage}]",
+            f"train.{stage}.max_steps={warmup + steps}",
+            f"train.{stage}.checkpoint_every=0",
+            f"train.{stage}.validate_every=0",
+            "train.log_every=1",
+        ],
+    )
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer = Trainer(config, show_progress=False)
+    started = time.perf_counter()
+    trainer.run()
+    total = time.perf_counter() - started
+    rows = trainer_rows(Path(config.train.output_dir), stage)[warmup:]
+    seconds = statistics.median(1.0 / row["steps_per_second"] for row in rows)
+    batch = config.stage(stage).batch_size * config.stage(stage).gradient_accumulation_steps
+    result = {"seconds_per_step": seconds, "batch": batch, "wall_seconds": total}
+    if torch.cuda.is_available():
+        result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return result
+
+
+def trainer_rows(output_dir: Path, stage: str) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (output_dir / stage / "logs" / "train.jsonl").read_text().splitlines()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/tiny.yaml")
+    parser.add_argument("--data", help="existing data folder (default: render one)")
+    parser.add_argument("--identities", type=int, default=12, help="identities of the rendered data set")
+    parser.add_argument("--batch-size", type=int, default=8, help="per-process batch size")
+    parser.add_argument("--steps", type=int, default=10, help="measured steps per variant")
+    parser.add_argument("--warmup", type=int, default=2, help="steps not measured")
+    parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"))
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument("--out", default="benchmarks/results/training_speed.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench-training-") as scratch:
+        scratch = Path(scratch)
+        data_root = args.data or str(scratch / "studio")
+        common = [
+            f"data.root={data_root}",
+            f"train.mixed_precision={args.mixed_precision}",
+            "data.validation_samples=0",
+        ]
+        if args.data is None:
+            common.append(f"data.synthesize={{identities: {args.identities}, samples_per_identity: 4}}")
+        results = []
+        for index, (label, stage, overrides) in enumerate(VARIANTS):
+            run_overrides = [*common, *overrides, f"train.output_dir={scratch / f'run-{index}'}"]
+            run_overrides.append(f"train.{stage}.batch_size={args.batch_size}")
+            result = measure(args.config, run_overrides, stage, steps=args.steps, warmup=args.warmup)
+            results.append((label, result))
+            print(f"{label}: {result['seconds_per_step']:.3f} s/step", file=sys.stderr)
+
+    load_after = os.getloadavg()[0]
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {args.threads} torch threads"
+    lines = [
+        f"# Training speed: `{args.config}`",
+        "",
+        f"Command: `python {shlex.join(['benchmarks/bench_training.py', *sys.argv[1:]])}`  ",
+        f"Machine: {platform.machine()}, {device}, torch {torch.__version__}, mixed precision {args.mixed_precision}, "
+        f"batch {args.batch_size} per step, median of {args.steps} steps after {args.warmup} warm-up steps. "
+        f"Load average {load_before:.1f} before, {load_after:.1f} after (the machine is shared: a load above the "
+        f"core count slows every variant).",
+        "",
+        "| variant | s/step | steps/s | samples/s |" + (" peak GiB |" if torch.cuda.is_available() else ""),
+        "|---|---:|---:|---:|" + ("---:|" if torch.cuda.is_available() else ""),
+    ]
+    for label, result in results:
+        seconds = result["seconds_per_step"]
+        row = f"| {label} | {seconds:.3f} | {1 / seconds:.2f} | {result['batch'] / seconds:.1f} |"
+        if "peak_gib" in result:
+            row += f" {result['peak_gib']:.1f} |"
+        lines.append(row)
+    table = "\n".join(lines) + "\n"
+    write_bytes_atomically(args.out, table.encode())
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
