@@ -5,10 +5,13 @@ relit images, meta.json), and the rendering alone.
     python benchmarks/bench_synth.py --size 256 --threads 2 --out /tmp/synth_speed.md
 
 Run from the repository root. Writes a Markdown table to benchmarks/results/synth_speed.md (or --out) and
-prints it. Each measurement is repeated after a warm-up; the table gives the median and the best rate per
-wall-clock second, and the rate per CPU-second this process used. The load average is recorded: other
-processes on the same cores slow the wall-clock rate, while with one thread the rate per CPU-second is what
-one dedicated core would do.
+prints it. Each measurement is repeated (after a warm-up in the first configuration); the table gives the
+median and the best rate per wall-clock second, and the rate per CPU-second used (workers included). The
+load average is recorded: other processes on the same cores slow the wall-clock rate, while the rate per
+CPU-second of one thread is what one dedicated core would do.
+
+"render and write every output" is `render_dataset` (rgb, depth, mask, normals, albedo, relit images and
+meta.json per sample); "render only" is `render_samples` in memory.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shlex
 import shutil
 import statistics
@@ -30,11 +34,17 @@ from rgbd_portrait.data.synth import StudioOptions, render_dataset, render_sampl
 from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
 
 
-def time_dataset(arguments: argparse.Namespace, directory: Path) -> tuple[float, float]:
-    """Wall-clock and process CPU seconds to render and write a data set of `arguments.samples` samples."""
+def cpu_seconds() -> float:
+    """User and system time of this process and of its finished child processes (the workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def time_dataset(arguments: argparse.Namespace, directory: Path, *, workers: int) -> tuple[float, float]:
+    """Wall-clock and CPU seconds to render and write a data set of `arguments.samples` samples."""
     out = directory / "set"
     shutil.rmtree(out, ignore_errors=True)
-    start, cpu_start = time.perf_counter(), time.process_time()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     render_dataset(
         out,
         identities=arguments.samples // arguments.samples_per_identity,
@@ -44,13 +54,14 @@ def time_dataset(arguments: argparse.Namespace, directory: Path) -> tuple[float,
         seed=arguments.seed,
         device=arguments.device,
         batch_size=arguments.batch_size,
+        workers=workers,
         show_progress=False,
     )
-    return time.perf_counter() - start, time.process_time() - cpu_start
+    return time.perf_counter() - start, cpu_seconds() - cpu_start
 
 
 def time_rendering(arguments: argparse.Namespace) -> tuple[float, float]:
-    """Wall-clock and process CPU seconds to render the same views in memory (no encoding, no files)."""
+    """Wall-clock and CPU seconds to render the same views in memory (no encoding, no files)."""
     options = StudioOptions(
         identities=arguments.samples // arguments.samples_per_identity,
         samples_per_identity=arguments.samples_per_identity,
@@ -63,12 +74,12 @@ def time_rendering(arguments: argparse.Namespace) -> tuple[float, float]:
         for identity in range(options.identities)
         for sample in range(options.samples_per_identity)
     ]
-    start, cpu_start = time.perf_counter(), time.process_time()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     for first in range(0, len(views), arguments.batch_size):
         render_samples(views[first : first + arguments.batch_size], device=arguments.device)
     if arguments.device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - start, time.process_time() - cpu_start
+    return time.perf_counter() - start, cpu_seconds() - cpu_start
 
 
 def rates(arguments: argparse.Namespace, timings: list[tuple[float, float]]) -> str:
@@ -100,20 +111,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="torch CPU threads to try")
+    parser.add_argument("--workers", type=int, default=2, help="processes (one thread each) for the last row")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/synth_speed.md")
     arguments = parser.parse_args(argv)
     load_before = os.getloadavg()
     rows = []
-    for threads in arguments.threads:
-        torch.set_num_threads(threads)
-        with tempfile.TemporaryDirectory(prefix="bench_synth.") as directory:
-            time_dataset(arguments, Path(directory))  # warm-up
-            written = [time_dataset(arguments, Path(directory)) for _ in range(arguments.repeats)]
-        rendered = [time_rendering(arguments) for _ in range(arguments.repeats)]
-        rows.append(f"| {threads} | render and write every output (`render_dataset`) | {rates(arguments, written)} |")
-        rows.append(f"| {threads} | render only (`render_samples`, in memory) | {rates(arguments, rendered)} |")
+    with tempfile.TemporaryDirectory(prefix="bench_synth.") as directory:
+        for threads in arguments.threads:
+            torch.set_num_threads(threads)
+            time_dataset(arguments, Path(directory), workers=1)  # warm-up
+            written = [time_dataset(arguments, Path(directory), workers=1) for _ in range(arguments.repeats)]
+            rendered = [time_rendering(arguments) for _ in range(arguments.repeats)]
+            rows.append(
+                f"| 1 process, {threads} threads | render and write every output | {rates(arguments, written)} |"
+            )
+            rows.append(f"| 1 process, {threads} threads | render only, in memory | {rates(arguments, rendered)} |")
+        if arguments.workers > 1:
+            written = [
+                time_dataset(arguments, Path(directory), workers=arguments.workers) for _ in range(arguments.repeats)
+            ]
+            label = f"{arguments.workers} worker processes, 1 thread each"
+            rows.append(f"| {label} | render and write every output | {rates(arguments, written)} |")
     load_after = os.getloadavg()
 
     command = " ".join(shlex.quote(part) for part in ["python", *sys.argv])
@@ -128,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             f"batches of {arguments.batch_size}, {arguments.samples} samples per repeat, {arguments.repeats} "
             f"repeats after a warm-up; device {arguments.device}.",
             "",
-            "| torch threads | measurement | samples/s (median) | samples/s (best) | samples per CPU-second |",
+            "| configuration | measurement | samples/s (median) | samples/s (best) | samples per CPU-second |",
             "|---|---|---|---|---|",
             *rows,
             "",

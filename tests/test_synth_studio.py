@@ -62,6 +62,10 @@ def test_same_seed_gives_byte_identical_files_whatever_the_batch_size(dataset, t
     again = tmp_path / "again"
     render_dataset(again, **SMALL, seed=3, batch_size=8, preview=True, show_progress=False)
     assert _tree(again) == _tree(dataset)
+    # Worker processes render the same files.
+    parallel = tmp_path / "parallel"
+    render_dataset(parallel, **SMALL, seed=3, batch_size=2, workers=2, preview=True, show_progress=False)
+    assert _tree(parallel) == _tree(dataset)
     other = tmp_path / "other"
     render_dataset(other, **{**SMALL, "sequences": 0}, seed=4, show_progress=False)
     (seed_4,) = other.glob("*/id00000_000")

@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--preview", action="store_true", help="also write preview.png, a contact sheet")
     parser.add_argument("--device", default="cpu", help="torch device to render on: cpu or cuda (default cpu)")
     parser.add_argument("--batch-size", type=int, default=16, help="images rendered together (default 16)")
+    parser.add_argument("--workers", type=int, default=1, help="rendering processes, e.g. one per CPU core (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         test_fraction=args.test_fraction,
         device=args.device,
         batch_size=args.batch_size,
+        workers=args.workers,
         shards=args.shards,
         samples_per_shard=args.samples_per_shard,
         preview=args.preview,

@@ -67,6 +67,10 @@ class ShardWriter:
             self._discard()
 
     def write(self, key: str, sample: PortraitSample) -> None:
+        self.write_files(key, encode_sample(sample))
+
+    def write_files(self, key: str, files: dict[str, bytes]) -> None:
+        """Add a sample already encoded by `encode_sample`."""
         if "." in key or "/" in key:
             raise ValueError(f"shard keys may not contain '.' or '/': {key!r}")
         if self._tar is None:
@@ -76,7 +80,7 @@ class ShardWriter:
             self._temporary = Path(name)
             # Open across `write` calls; `_finish_shard` or `_discard` closes it.
             self._tar = tarfile.open(self._temporary, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
-        for name, content in encode_sample(sample).items():
+        for name, content in files.items():
             info = tarfile.TarInfo(f"{key}.{name}")
             info.size, info.mode, info.mtime = len(content), 0o644, 0
             self._tar.addfile(info, io.BytesIO(content))
