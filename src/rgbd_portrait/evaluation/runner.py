@@ -165,12 +165,15 @@ class EvaluationSet:
     """The samples of one split: `items` to evaluate (identities in turn, at most `limit`), all samples of the
     split as identity candidates, and a reference per item."""
 
-    def __init__(self, data_dir: str | os.PathLike, *, split: str, limit: int | None = None):
+    def __init__(
+        self, data_dir: str | os.PathLike, *, split: str, limit: int | None = None, show_progress: bool = True
+    ):
         entries = [entry for entry in discover_samples(data_dir) if entry.split == split]
         if not entries:
             raise UserInputError(f"{data_dir}: no sample with split '{split}' in its meta.json")
         self.split = split
-        self.all = [self._read(entry) for entry in tqdm(entries, desc=f"reading {split} split", unit="sample")]
+        reading = tqdm(entries, desc=f"reading {split} split", unit="sample", disable=not show_progress)
+        self.all = [self._read(entry) for entry in reading]
         by_identity: dict[str, list[_Item]] = {}
         for item in self.all:
             by_identity.setdefault(item.identity, []).append(item)
@@ -260,8 +263,18 @@ def _as_relative_metric(unit_depth: torch.Tensor) -> tuple[torch.Tensor, CameraI
 class _Evaluation:
     """One evaluation run: the pipeline, the samples and the options, with the per-task sections."""
 
-    def __init__(self, pipeline, samples: EvaluationSet, options: EvaluationOptions, template, show_progress: bool):
+    def __init__(
+        self,
+        pipeline,
+        samples: EvaluationSet,
+        options: EvaluationOptions,
+        *,
+        template: MeanFaceTemplate | None,
+        geometry_estimator,
+        show_progress: bool,
+    ):
         self.pipeline = pipeline
+        self.geometry_estimator = geometry_estimator or pipeline
         self.samples = samples
         self.options = options
         self.template = template
@@ -280,9 +293,11 @@ class _Evaluation:
             "center_on_face": False,
         }
 
-    def predict_depth(self, images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], keys: Sequence[str]):
-        """Image→depth at the images' size: (B, H, W) in [0, 1]."""
-        output = self.pipeline.predict_depth(
+    def predict_depth(
+        self, images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], keys: Sequence[str], *, pipeline=None
+    ) -> torch.Tensor:
+        """Image→depth by `pipeline` (default: the evaluated one) at the images' size: (B, H, W) in [0, 1]."""
+        output = (pipeline or self.pipeline).predict_depth(
             list(images),
             mask=[mask.numpy() for mask in masks],
             match_input_size=True,
@@ -358,7 +373,9 @@ class _Evaluation:
                 image_rows["reference image, unchanged"].update(image_metrics(reference_images, truth, mask))
 
                 keys = [f"{item.key}#generated" for item in batch] + [f"{item.key}#truth" for item in batch]
-                depths = self.predict_depth([*generated, *truth], [*mask, *mask], keys)
+                depths = self.predict_depth(
+                    [*generated, *truth], [*mask, *mask], keys, pipeline=self.geometry_estimator
+                )
                 input_depth = torch.stack([item.depth for item in batch])
                 cameras = [item.intrinsics() for item in batch]
                 candidates = {"generated image": depths[: len(batch)], "ground-truth image": depths[len(batch) :]}
@@ -637,17 +654,27 @@ def evaluate(
     *,
     options: EvaluationOptions | None = None,
     template: MeanFaceTemplate | None = None,
+    geometry_estimator=None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate `pipeline` (an `RGBDPortraitPipeline`) on a split of `data_dir`; see the module docstring.
 
     `template` is the mean-face baseline (e.g. `MeanFaceTemplate.from_data(data_dir, split="train")`); without
-    it the template rows are left out. Returns JSON-ready results (`format_report` makes them Markdown).
+    it the template rows are left out. `geometry_estimator` is the pipeline whose image→depth measures the
+    geometry consistency of depth→image (default: `pipeline`); give one fixed estimator to compare several
+    models by the same ruler. Returns JSON-ready results (`format_report` makes them Markdown).
     """
     options = options or EvaluationOptions()
     options.check()
-    samples = EvaluationSet(data_dir, split=options.split, limit=options.limit)
-    run = _Evaluation(pipeline, samples, options, template, show_progress)
+    samples = EvaluationSet(data_dir, split=options.split, limit=options.limit, show_progress=show_progress)
+    run = _Evaluation(
+        pipeline,
+        samples,
+        options,
+        template=template,
+        geometry_estimator=geometry_estimator,
+        show_progress=show_progress,
+    )
     if template is None:
         run.notes.append("no mean-face template: its baseline rows are left out")
     settings = pipeline.model.settings
