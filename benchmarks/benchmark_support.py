@@ -1,0 +1,65 @@
+"""What every benchmark and study script here shares: the command that produced a result, the machine it ran on,
+and writing its Markdown and PNG results whole (temporary file, then rename).
+
+Scripts run from the repository root as `python benchmarks/NAME.py`, which puts this folder on `sys.path`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
+from rgbd_portrait.evaluation.runner import describe_device
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command as a user types it from the repository root, e.g. `python benchmarks/study_steps.py --limit 4`."""
+    arguments = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", f"benchmarks/{Path(script).name}", *(shlex.quote(argument) for argument in arguments)])
+
+
+def machine_line(device: torch.device | str) -> str:
+    """Device, torch version and, on the CPU, the load of the machine while the numbers were taken."""
+    line = f"{describe_device(device)}, torch {torch.__version__}"
+    if torch.device(device).type == "cpu":
+        one_minute, _, _ = os.getloadavg()
+        line += f", {os.cpu_count()} cores, load average {one_minute:.1f} at the end of the run"
+    return line
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` = CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def write_markdown(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes_atomically(path, text.encode())
+
+
+def write_figure(path: str | os.PathLike, figure) -> Path:
+    """Save a matplotlib figure as PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return write_bytes_atomically(path, buffer.getvalue())
+
+
+def new_figure(columns: int = 1, *, width: float = 5.0, height: float = 3.6):
+    """A figure with `columns` side-by-side axes, drawn without a display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, columns, figsize=(width * columns, height), squeeze=False)
+    return figure, list(axes[0])
