@@ -5,9 +5,10 @@
         --out benchmarks/results/training_speed_sd15.md           # on a GPU: adds peak memory
 
 Run from the repository root. Renders a small synthetic data set at the model's resolution (or uses
---data), trains each variant for --warmup + --steps steps through the real trainer (`Trainer`), and reports
-the median step time after the warm-up, from the trainer's own logs. Writes a Markdown table to
-benchmarks/results/training_speed.md (or --out) and prints it.
+--data), trains each variant through the real trainer (`Trainer`) and reports the median wall-clock step
+time after --warmup steps (from the trainer's own logs) and the CPU seconds per step (which other processes
+on a shared machine do not inflate). Writes a Markdown table to benchmarks/results/training_speed.md (or
+--out) and prints it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from rgbd_portrait.data.synth import render_dataset
 from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
 from rgbd_portrait.training import Trainer, load_config
 
@@ -35,29 +37,41 @@ VARIANTS = (
 )
 
 
-def measure(config_path: str, overrides: list[str], stage: str, *, steps: int, warmup: int) -> dict[str, float]:
-    """Median seconds per step after `warmup` steps, and the peak GPU memory when on CUDA."""
+def run_steps(config_path: str, overrides: list[str], stage: str, steps: int, output_dir: Path):
+    """Train `steps` steps of `stage`; returns the config, the log rows and the process CPU seconds taken."""
     config = load_config(
         config_path,
         [
             *overrides,
+            f"train.output_dir={output_dir}",
             f"train.stages=[{stage}]",
-            f"train.{stage}.max_steps={warmup + steps}",
+            f"train.{stage}.max_steps={steps}",
             f"train.{stage}.checkpoint_every=0",
             f"train.{stage}.validate_every=0",
             "train.log_every=1",
         ],
     )
+    cpu_started = time.process_time()
+    Trainer(config, show_progress=False).run()
+    return config, trainer_rows(output_dir, stage), time.process_time() - cpu_started
+
+
+def measure(
+    config_path: str, overrides: list[str], stage: str, *, steps: int, warmup: int, scratch: Path
+) -> dict[str, float]:
+    """Median wall seconds per step after `warmup` steps; CPU seconds per step (the CPU time of a run of
+    `warmup + steps` steps minus that of a run of `warmup` steps, which cancels the set-up costs and does
+    not grow when other processes share the cores); the peak GPU memory when on CUDA."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    trainer = Trainer(config, show_progress=False)
-    started = time.perf_counter()
-    trainer.run()
-    total = time.perf_counter() - started
-    rows = trainer_rows(Path(config.train.output_dir), stage)[warmup:]
-    seconds = statistics.median(1.0 / row["steps_per_second"] for row in rows)
-    batch = config.stage(stage).batch_size * config.stage(stage).gradient_accumulation_steps
-    result = {"seconds_per_step": seconds, "batch": batch, "wall_seconds": total}
+    _, _, warmup_cpu = run_steps(config_path, overrides, stage, warmup, scratch / "warmup")
+    config, rows, total_cpu = run_steps(config_path, overrides, stage, warmup + steps, scratch / "measured")
+    stage_config = config.stage(stage)
+    result = {
+        "seconds_per_step": statistics.median(1.0 / row["steps_per_second"] for row in rows[warmup:]),
+        "cpu_seconds_per_step": (total_cpu - warmup_cpu) / steps,
+        "batch": stage_config.batch_size * stage_config.gradient_accumulation_steps,
+    }
     if torch.cuda.is_available():
         result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return result
@@ -74,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/tiny.yaml")
     parser.add_argument("--data", help="existing data folder (default: render one)")
     parser.add_argument("--identities", type=int, default=12, help="identities of the rendered data set")
+    parser.add_argument("--resolution", type=int, help="image side (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=8, help="per-process batch size")
     parser.add_argument("--steps", type=int, default=10, help="measured steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="steps not measured")
@@ -86,19 +101,24 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-training-") as scratch:
         scratch = Path(scratch)
-        data_root = args.data or str(scratch / "studio")
+        data_root = args.data
+        if data_root is None:
+            data_root = scratch / "studio"
+            resolution = args.resolution or load_config(args.config).model.get("resolution", 128)
+            render_dataset(data_root, identities=args.identities, samples_per_identity=4, size=resolution, relights=0)
         common = [
             f"data.root={data_root}",
             f"train.mixed_precision={args.mixed_precision}",
             "data.validation_samples=0",
         ]
-        if args.data is None:
-            common.append(f"data.synthesize={{identities: {args.identities}, samples_per_identity: 4}}")
+        if args.resolution:
+            common.append(f"data.resolution={args.resolution}")
         results = []
         for index, (label, stage, overrides) in enumerate(VARIANTS):
-            run_overrides = [*common, *overrides, f"train.output_dir={scratch / f'run-{index}'}"]
-            run_overrides.append(f"train.{stage}.batch_size={args.batch_size}")
-            result = measure(args.config, run_overrides, stage, steps=args.steps, warmup=args.warmup)
+            run_overrides = [*common, *overrides, f"train.{stage}.batch_size={args.batch_size}"]
+            result = measure(
+                args.config, run_overrides, stage, steps=args.steps, warmup=args.warmup, scratch=scratch / str(index)
+            )
             results.append((label, result))
             print(f"{label}: {result['seconds_per_step']:.3f} s/step", file=sys.stderr)
 
@@ -113,12 +133,16 @@ def main(argv: list[str] | None = None) -> int:
         f"Load average {load_before:.1f} before, {load_after:.1f} after (the machine is shared: a load above the "
         f"core count slows every variant).",
         "",
-        "| variant | s/step | steps/s | samples/s |" + (" peak GiB |" if torch.cuda.is_available() else ""),
-        "|---|---:|---:|---:|" + ("---:|" if torch.cuda.is_available() else ""),
+        "| variant | s/step | steps/s | samples/s | CPU s/step |"
+        + (" peak GiB |" if torch.cuda.is_available() else ""),
+        "|---|---:|---:|---:|---:|" + ("---:|" if torch.cuda.is_available() else ""),
     ]
     for label, result in results:
         seconds = result["seconds_per_step"]
-        row = f"| {label} | {seconds:.3f} | {1 / seconds:.2f} | {result['batch'] / seconds:.1f} |"
+        row = (
+            f"| {label} | {seconds:.3f} | {1 / seconds:.2f} | {result['batch'] / seconds:.1f} "
+            f"| {result['cpu_seconds_per_step']:.2f} |"
+        )
         if "peak_gib" in result:
             row += f" {result['peak_gib']:.1f} |"
         lines.append(row)

@@ -33,6 +33,8 @@ def build_optimizer(
     """AdamW over the given parameters (no weight decay on biases and norms) and its schedule."""
     decayed = [parameter for name, parameter in named_parameters if parameter.ndim > 1]
     not_decayed = [parameter for name, parameter in named_parameters if parameter.ndim <= 1]
+    # The fused kernel is ~10× faster than the per-tensor loop on CPUs (and faster on GPUs).
+    fused = all(parameter.device.type in ("cpu", "cuda") for _, parameter in named_parameters)
     optimizer = torch.optim.AdamW(
         [
             {"params": decayed, "weight_decay": stage.weight_decay},
@@ -41,6 +43,7 @@ def build_optimizer(
         lr=stage.learning_rate,
         betas=(stage.adam_beta1, stage.adam_beta2),
         eps=stage.adam_epsilon,
+        fused=fused,
     )
     factor: Callable[[int], float] = lambda step: learning_rate_factor(
         step, warmup_steps=stage.warmup_steps, max_steps=stage.max_steps, schedule=stage.lr_schedule
