@@ -189,3 +189,13 @@ def test_culling_leaves_the_field_near_the_surface_unchanged():
     torch.testing.assert_close(approximate[near_surface], exact[near_surface], rtol=0, atol=1e-6)
     within_reach = exact < 0.03
     assert (approximate[within_reach] <= exact[within_reach] + 1e-6).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_render_matches_cpu(head_views):
+    cpu, cuda = render_samples(head_views), render_samples(head_views, device="cuda")
+    for a, b in zip(cpu, cuda):
+        assert np.mean(a.mask != b.mask) < 0.002
+        both = a.mask & b.mask
+        assert np.abs(a.depth - b.depth)[both].max() < 1e-3
+        assert np.abs(a.rgb.astype(int) - b.rgb.astype(int))[both].mean() < 1.0
