@@ -1,6 +1,7 @@
 """Timing: seconds per call on any device, a Marigold peer of the same size, and sampling without reference caching.
 
-- `time_call` times a callable after warm-up calls, waiting for the GPU before reading the clock.
+- `time_call` times a callable after warm-up calls, waiting for the GPU before reading the clock;
+  `interleaved_median_seconds` times several in turns, for ratios that a changing machine load does not skew.
 - `build_marigold_peer` makes diffusers' `MarigoldDepthPipeline` from a UNet of our backbone's architecture
   (Marigold's 2C-channel input: image latent + depth latent; random weights) and our VAE, offline: its scheduler
   is our model's (DDIM, trailing timesteps, zero terminal SNR, as Marigold v1-1) and its empty-prompt embedding is
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -64,6 +65,20 @@ def time_call(
 def median_seconds(function: Callable[[], Any], *, device: torch.device | str, repeats: int = 3, warmup: int = 1):
     """The median of `time_call`'s timings."""
     return statistics.median(time_call(function, device=device, repeats=repeats, warmup=warmup))
+
+
+def interleaved_median_seconds(
+    calls: Mapping[str, Callable[[], Any]], *, device: torch.device | str, repeats: int = 3, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds of each named call, timed in turns (A, B, A, B, ...) so that a change in the machine's load
+    during the measurement affects every call alike; the ratios of the results are what this is for."""
+    for function in calls.values():
+        time_call(function, device=device, repeats=1, warmup=warmup)
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, function in calls.items():
+            seconds[name] += time_call(function, device=device, repeats=1, warmup=0)
+    return {name: statistics.median(values) for name, values in seconds.items()}
 
 
 def build_marigold_peer(
@@ -159,9 +174,10 @@ def compare_reference_caching(
     every_step.reference_runs = 0
     uncached()
     runs = every_step.reference_runs
+    seconds = interleaved_median_seconds({"cached": cached, "every_step": uncached}, device=device, repeats=repeats)
     return {
-        "cached_seconds": median_seconds(cached, device=device, repeats=repeats),
-        "every_step_seconds": median_seconds(uncached, device=device, repeats=repeats),
+        "cached_seconds": seconds["cached"],
+        "every_step_seconds": seconds["every_step"],
         "reference_runs": runs,
         "max_difference": difference,
     }

@@ -59,14 +59,8 @@ def _build(cls: type, entry: Mapping[str, Any], *, origin: str) -> Any:
 
 def synthetic_lighting(entry: Mapping[str, Any], *, origin: str = "meta.json") -> Lighting:
     """The studio's `Lighting` from a meta entry (`meta["light"]` or one of `meta["relit"]`)."""
-    lighting = _build(Lighting, entry, origin=origin)
     lights = tuple(_build(DirectionalLight, light, origin=origin) for light in entry.get("lights", ()))
-    return Lighting(
-        sh_coefficients=lighting.sh_coefficients,
-        lights=lights,
-        backdrop_top=lighting.backdrop_top,
-        backdrop_bottom=lighting.backdrop_bottom,
-    )
+    return _build(Lighting, {**entry, "lights": lights}, origin=origin)
 
 
 def view_from_meta(meta: Mapping[str, Any], *, origin: str = "meta.json") -> View:
