@@ -91,6 +91,8 @@ def test_resume_continues_the_loss_trajectory_exactly(tmp_path, data_root, monke
         train(_resume_config(interrupted, data_root), show_progress=False)
     assert len(read_losses(interrupted / "run", "joint")) == 4
     monkeypatch.setattr(stages.JointRecipe, "loss", original_loss)
+    with pytest.raises(UserInputError, match="train.seed: 1, but .*checkpoint-00000003 was trained with seed 0"):
+        train(_resume_config(interrupted, data_root, overrides=["train.resume=latest", "train.seed=1"]))
     train(_resume_config(interrupted, data_root, overrides=["train.resume=latest"]), show_progress=False)
 
     assert read_losses(interrupted / "run", "joint") == read_losses(uninterrupted / "run", "joint")

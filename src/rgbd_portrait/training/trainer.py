@@ -110,6 +110,18 @@ class RunPlan:
 
 def plan_run(config: ExperimentConfig) -> RunPlan:
     """Decide what to run, checking everything that can be checked before any work (one-line errors)."""
+    plan = _plan_stages(config)
+    if plan.resume_checkpoint is not None:
+        state = read_training_state(plan.resume_checkpoint)
+        if state.seed != config.train.seed:
+            raise UserInputError(
+                f"train.seed: {config.train.seed}, but {plan.resume_checkpoint} was trained with seed {state.seed}; "
+                f"resume with the same seed"
+            )
+    return plan
+
+
+def _plan_stages(config: ExperimentConfig) -> RunPlan:
     folders = RunFolders(Path(config.train.output_dir))
     stages = list(config.train.stages)
     resume = config.train.resume
