@@ -56,6 +56,8 @@ def test_eval_command_writes_every_task_section(data_dir, model_dir, tmp_path, c
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["samples"] == 3 and results["identities"] == 2 and results["split"] == "test"
+    assert results["command"].startswith(f"rgbd-portrait eval --model {model_dir} --data {data_dir} --split test")
+    assert "--limit 3" in results["command"]
 
     depth_rows = results["image_to_depth"]["rows"]
     assert set(depth_rows) == {"model", "mean-face template", "flat plane"}
@@ -84,6 +86,7 @@ def test_eval_command_writes_every_task_section(data_dir, model_dir, tmp_path, c
     assert all(row["seconds_per_image"] > 0 for row in speed.values())
 
     markdown = (out / "results.md").read_text()
+    assert f"Command: `{results['command']}`" in markdown
     for heading in ("## Image → depth", "## Depth → image", "## Joint generation", "## Relighting", "## Speed"):
         assert heading in markdown
     assert "| mean-face template |" in markdown

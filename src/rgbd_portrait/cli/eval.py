@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from rgbd_portrait.cli.common import DEVICES, DTYPES, pipeline_loader, resolve_model_dir
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     pipeline = load_pipeline()
     # The evaluation shows its own progress; one denoising bar per call would bury it.
     pipeline.set_progress_bar_config(disable=True)
-    results = {"model": model_name} | evaluate(
+    results = {"model": model_name, "command": _command(args, options)} | evaluate(
         pipeline, args.data, options=options, template=template, show_progress=not args.no_progress
     )
     title = f"Evaluation of `{model_name}`"
@@ -88,3 +89,24 @@ def run(args: argparse.Namespace) -> int:
     print(format_report(results, title=title))
     print(f"results: {json_path} and {markdown_path}")
     return 0
+
+
+def _command(args: argparse.Namespace, options) -> str:
+    """The command that reproduces this evaluation, every setting spelled out."""
+    words = ["rgbd-portrait", "eval", "--model", str(resolve_model_dir(args.model)), "--data", args.data]
+    words += ["--split", options.split, "--out", args.out, "--tasks", ",".join(options.tasks)]
+    words += ["--seeds", str(options.joint_samples), "--seed", str(options.seed), "--device", args.device]
+    words += ["--dtype", args.dtype, "--batch-size", str(options.batch_size)]
+    words += ["--speed-repeats", str(options.speed_repeats)]
+    for flag, value in (
+        ("--limit", options.limit),
+        ("--template", args.template),
+        ("--steps", options.steps),
+        ("--depth-steps", options.depth_steps),
+        ("--ensemble", options.ensemble_size),
+    ):
+        if value is not None:
+            words += [flag, str(value)]
+    if options.training_free:
+        words.append("--training-free")
+    return shlex.join(words)

@@ -712,9 +712,10 @@ def format_report(results: Mapping[str, Any], *, title: str = "Evaluation") -> s
     depth_steps = options["depth_steps"] or settings["depth_steps"]
     ensemble = options["ensemble_size"] or settings["ensemble_size"]
     variant = "latent replacement (training-free)" if options["training_free"] else "channel-wise inpainting"
-    lines = [
-        f"# {title}",
-        "",
+    lines = [f"# {title}", ""]
+    if "command" in results:
+        lines += [f"Command: `{results['command']}`", ""]
+    lines += [
         f"Data: `{results['data']}`, split `{results['split']}`: {results['samples']} samples of "
         f"{results['identities']} identities. Device: {results['device']}. Model resolution "
         f"{settings['resolution']} px; image→depth {depth_steps} steps × {ensemble} ensemble, depth→image and "
