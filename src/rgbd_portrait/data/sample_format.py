@@ -27,8 +27,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ import soundfile
 from PIL import Image
 
 from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.files import atomic_folder
 
 REQUIRED_FILES = ("rgb.png", "depth.npy", "mask.png", "meta.json")
 SEQUENCE_FPS = 25
@@ -115,36 +114,15 @@ def encode_sample(sample: PortraitSample) -> dict[str, bytes]:
     return files
 
 
-def _replace_with(temporary: Path, directory: Path) -> None:
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(temporary, directory)
-
-
-def _temporary_folder(directory: Path) -> Path:
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    # mkdtemp makes the folder private; a data set follows the user's umask like any other folder.
-    umask = os.umask(0)
-    os.umask(umask)
-    temporary.chmod(0o777 & ~umask)
-    return temporary
-
-
 def write_sample(directory: str | os.PathLike, sample: PortraitSample, *, overwrite: bool = False) -> Path:
     """Write `sample` to `directory` atomically (temporary folder, then rename)."""
     _check_shapes(sample)
     directory = Path(directory)
     if directory.exists() and not overwrite:
         raise UserInputError(f"{directory}: sample folder already exists")
-    temporary = _temporary_folder(directory)
-    try:
+    with atomic_folder(directory) as temporary:
         for name, content in encode_sample(sample).items():
             (temporary / name).write_bytes(content)
-        _replace_with(temporary, directory)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return directory
 
 
@@ -290,8 +268,7 @@ def write_sequence(
     directory = Path(directory)
     if directory.exists() and not overwrite:
         raise UserInputError(f"{directory}: sequence folder already exists")
-    temporary = _temporary_folder(directory)
-    try:
+    with atomic_folder(directory) as temporary:
         count = 0
         for count, frame in enumerate(frames, start=1):
             write_sample(temporary / FRAMES_FOLDER / frame_folder_name(count - 1), frame)
@@ -306,8 +283,4 @@ def write_sequence(
             "frames": list(range(count)),
         }
         (temporary / "meta.json").write_text(json.dumps(sequence_meta, indent=2, sort_keys=True) + "\n")
-        _replace_with(temporary, directory)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return directory

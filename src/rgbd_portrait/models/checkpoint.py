@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +26,7 @@ from typing import Any
 from diffusers import AutoencoderKL, ModelMixin, UNet2DConditionModel
 
 from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.files import atomic_folder
 from rgbd_portrait.models.context import ClipImageContext, LearnedContext
 from rgbd_portrait.models.motion import MotionLayers
 from rgbd_portrait.models.reference import ReferenceNet
@@ -132,15 +130,5 @@ def atomic_directory(destination: str | os.PathLike, *, overwrite: bool = False)
             raise UserInputError(f"{destination}: already exists (choose another folder or allow overwriting)")
         if not (destination / INDEX_NAME).is_file():
             raise UserInputError(f"{destination}: exists and is not a checkpoint; refusing to replace it")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
-    try:
+    with atomic_folder(destination) as temporary:
         yield temporary
-        previous = destination.with_name(f".{destination.name}.{uuid.uuid4().hex}.old")
-        if destination.exists():
-            os.replace(destination, previous)
-        os.replace(temporary, destination)
-        shutil.rmtree(previous, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise

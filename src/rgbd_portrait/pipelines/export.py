@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +41,7 @@ from rgbd_portrait.data.image_io import (
     write_rgb_png,
 )
 from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.files import atomic_folder
 from rgbd_portrait.geometry.camera import unproject_relative_depth
 from rgbd_portrait.geometry.pointcloud import write_mesh, write_point_cloud
 from rgbd_portrait.pipelines.export_names import EXPORTS, MESH_FORMATS
@@ -173,17 +171,7 @@ def write_result(
     """Write `result` to `folder` (see the module docstring); `record` goes to result.json."""
     folder = Path(folder)
     options.check([folder])
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as temporary:
         _write_files(temporary, result, options.exports, options.mesh_format)
         (temporary / RESULT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        previous = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.old")
-        if folder.exists():
-            os.replace(folder, previous)
-        os.replace(temporary, folder)
-        shutil.rmtree(previous, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return folder
