@@ -33,9 +33,9 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 
+from rgbd_portrait.data.sample_format import AUDIO_SAMPLE_RATE
 from rgbd_portrait.errors import UserInputError
 
-AUDIO_SAMPLE_RATE = 16000
 # A track whose peak stays below this (-80 dBFS) carries no speech: its features are silence.
 SILENCE_PEAK = 1e-4
 FEATURE_TYPES = ("log_mel", "wav2vec2")

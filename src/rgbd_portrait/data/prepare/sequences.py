@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +21,16 @@ from tqdm.auto import tqdm
 from rgbd_portrait.data.prepare.alignment import smooth_alignments
 from rgbd_portrait.data.prepare.media import extract_audio, probe_video, video_frames
 from rgbd_portrait.data.prepare.portrait import PortraitPreparer
-from rgbd_portrait.data.sample_format import write_sample
+from rgbd_portrait.data.sample_format import (
+    AUDIO_FILE,
+    AUDIO_SAMPLE_RATE,
+    FRAMES_FOLDER,
+    SEQUENCE_FPS,
+    frame_folder_name,
+    write_sample,
+)
 from rgbd_portrait.errors import UserInputError
-
-SEQUENCE_FPS = 25
-AUDIO_SAMPLE_RATE = 16000
-AUDIO_FILE = "audio.wav"
-FRAMES_FOLDER = "frames"
-
-
-def frame_folder_name(index: int) -> str:
-    return f"{index:06d}"
+from rgbd_portrait.files import atomic_folder
 
 
 def prepare_sequence(
@@ -73,9 +70,7 @@ def prepare_sequence(
         sigma_s=crop_smoothing_s,
     )
     alignment_of = dict(zip(indices, alignments))
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
-    try:
+    with atomic_folder(destination) as temporary:
         extract_audio(video, temporary / AUDIO_FILE, sample_rate=AUDIO_SAMPLE_RATE)
         written = 0
         bar = tqdm(total=len(indices), desc=f"frames of {video.name}", disable=not progress, leave=False)
@@ -100,10 +95,4 @@ def prepare_sequence(
             "depth_backend": preparer.depth_backend.name,
         }
         (temporary / "meta.json").write_text(json.dumps(sequence_meta, indent=2, sort_keys=True) + "\n")
-        if destination.exists():
-            shutil.rmtree(destination)
-        os.replace(temporary, destination)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return frames_read, indices
