@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "rgbd_portrait.cli.relight",
     "rgbd_portrait.cli.animate",
     "rgbd_portrait.cli.eval",
+    "rgbd_portrait.cli.demo",
 )
 
 
