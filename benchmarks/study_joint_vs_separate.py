@@ -187,7 +187,8 @@ def baseline_rows(results: dict) -> dict[str, dict[str, float | None]]:
 
 
 def plot(rows: dict[str, dict[str, float | None]], path: Path) -> None:
-    figure, axes = new_figure(2, width=5.5)
+    figure, axes = new_figure(2, width=6.5)
+    figure.subplots_adjust(wspace=0.9)
     for axis, column in zip(axes, ("image→depth AbsRel ↓", "depth→image PSNR dB ↑")):
         names = [name for name, metrics in rows.items() if metrics.get(column) is not None]
         axis.barh(names, [rows[name][column] for name in names], color="tab:blue")
