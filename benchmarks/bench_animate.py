@@ -33,6 +33,7 @@ import os
 import platform
 import resource
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -210,9 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.measure_seconds is not None:
         return child_main(args)
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
-
     work = Path(tempfile.mkdtemp(prefix="bench_animate."))
+    try:
+        report = run_benchmark(args, argv, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    write_bytes_atomically(args.out, report.encode())
+    print(report)
+    return 0
+
+
+def run_benchmark(args: argparse.Namespace, argv: list[str] | None, work: Path) -> str:
+    """Every measurement (see the module docstring), with temporary files in `work`; the report as Markdown."""
+    load_before = os.getloadavg()[0]
     model = build_model(args)
     model_dir = Path(args.model) if args.model else model.save_pretrained(work / "model")
     pipeline = RGBDPortraitPipeline(model)
@@ -265,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         for item in quality
     ]
     per_frame = [item["seconds"] / item["frames"] for item in scaling]
-    report = "\n".join(
+    return "\n".join(
         [
             "# Talking-head animation: lip sync, stability, speed",
             "",
@@ -306,9 +317,6 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     )
-    write_bytes_atomically(args.out, report.encode())
-    print(report)
-    return 0
 
 
 if __name__ == "__main__":
