@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from importlib import resources
 from pathlib import Path
 
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.pipelines.export_names import EXPORTS, MESH_FORMATS
+from rgbd_portrait.weights import default_model_dir
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("float32", "float16", "bfloat16")
-
-
-def default_model_dir() -> Path:
-    """Where the shipped default model lives inside the installed package."""
-    return Path(str(resources.files("rgbd_portrait") / "weights" / "default"))
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

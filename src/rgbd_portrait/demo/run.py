@@ -20,7 +20,6 @@ import torch
 from tqdm.auto import tqdm
 
 from rgbd_portrait import __version__
-from rgbd_portrait.cli.common import default_model_dir
 from rgbd_portrait.data.sample_format import AUDIO_SAMPLE_RATE
 from rgbd_portrait.demo.page import render_page
 from rgbd_portrait.demo.portraits import INPUTS_FOLDER, Portrait, prepare_photos, render_synthetic, speech_clip
@@ -33,6 +32,7 @@ from rgbd_portrait.geometry.relighting import LIGHT_PRESETS
 from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
 from rgbd_portrait.pipelines.files import run_depth, run_generate, run_relight, run_render
 from rgbd_portrait.pipelines.pipeline import RGBDPortraitPipeline
+from rgbd_portrait.weights import default_model_dir
 
 PAGE_FILE = "index.html"
 RECORD_FILE = "demo.json"
