@@ -11,7 +11,7 @@ from rgbd_portrait.geometry.relighting import (
     resolve_lighting,
     sh_shading,
 )
-from rgbd_portrait.geometry.shading import shade_sh
+from rgbd_portrait.geometry.shading import linear_to_srgb, shade_sh
 
 SIDE = 64
 ALBEDO = torch.tensor([0.8, 0.6, 0.5]).view(3, 1, 1)
@@ -54,7 +54,7 @@ def test_relit_sphere_matches_the_exact_render_under_the_new_light(original, tar
     normals, mask = _sphere()
     before = ALBEDO * _lamp_and_ambient(*original).shade(normals)
     truth = ALBEDO * _lamp_and_ambient(*target).shade(normals)
-    result = relight(before, normals, _lamp_and_ambient(*target), mask=mask)
+    result = relight(before, normals, _lamp_and_ambient(*target), mask=mask, srgb=False)
     error = _mean_error(result.image, truth, mask)
     baseline = _mean_error(before, truth, mask)  # not relighting at all
     # the 9-term fit cannot follow the lamp's hard terminator, which costs about 0.02–0.03 on average
@@ -64,13 +64,25 @@ def test_relit_sphere_matches_the_exact_render_under_the_new_light(original, tar
     assert albedo_error.median() < 0.02
 
 
+def test_srgb_images_are_relit_in_linear_light():
+    normals, mask = _sphere()
+    original, target = _lamp_and_ambient(-40.0, 20.0), _lamp_and_ambient(50.0, -10.0)
+    before = linear_to_srgb(ALBEDO * original.shade(normals))
+    truth = linear_to_srgb(ALBEDO * target.shade(normals))
+    in_linear = relight(before, normals, target, original_light=original, mask=mask)
+    as_if_linear = relight(before, normals, target, original_light=original, mask=mask, srgb=False)
+    assert _mean_error(in_linear.image, truth, mask) < 1e-4  # the known light makes it exact
+    assert _mean_error(as_if_linear.image, truth, mask) > 0.01  # dividing encoded values is wrong
+    assert (in_linear.albedo - linear_to_srgb(ALBEDO)).abs()[:, mask].max() < 1e-4
+
+
 def test_textured_albedo_survives_relighting():
     normals, mask = _sphere()
     stripes = 1.0 + 0.2 * torch.sign(torch.sin(torch.arange(SIDE, dtype=torch.float32) / 3.0)).view(1, 1, SIDE)
     albedo = (ALBEDO * stripes).expand(3, SIDE, SIDE)
     before = albedo * _lamp_and_ambient(-40.0, 20.0).shade(normals)
     truth = albedo * _lamp_and_ambient(30.0, 0.0).shade(normals)
-    result = relight(before, normals, _lamp_and_ambient(30.0, 0.0), mask=mask)
+    result = relight(before, normals, _lamp_and_ambient(30.0, 0.0), mask=mask, srgb=False)
     assert _mean_error(result.image, truth, mask) < 0.04
     assert _mean_error(result.image, truth, mask) < _mean_error(before, truth, mask) / 3
     # the stripes are in the estimated albedo, not in the lighting: its error does not follow them
@@ -91,7 +103,7 @@ def test_plane_with_a_known_original_light_is_relit_exactly():
         ambient_color=(0.8, 0.9, 1.0),
     )
     before = albedo * original.shade(normals)
-    result = relight(before, normals, target, original_light=original)
+    result = relight(before, normals, target, original_light=original, srgb=False)
     torch.testing.assert_close(result.albedo, albedo, atol=1e-5, rtol=0)
     torch.testing.assert_close(result.image, albedo * target.shade(normals), atol=1e-5, rtol=0)
     assert result.region.all()
@@ -101,7 +113,7 @@ def test_estimated_relighting_of_a_plane_keeps_the_image():
     # one normal cannot tell the light's direction: with equal peaks, relighting changes nothing
     normals = torch.tensor([0.0, 0.0, 1.0]).view(3, 1, 1).expand(3, 8, 8).clone()
     image = torch.rand(3, 8, 8) * 0.5 + 0.2
-    result = relight(image, normals, "left")
+    result = relight(image, normals, "left", srgb=False)
     torch.testing.assert_close(result.image, image, atol=1e-4, rtol=0)
 
 
@@ -127,10 +139,12 @@ def test_background_is_kept_and_batches_match_single_images():
     normals, mask = _sphere(32)
     first = torch.rand(3, 32, 32)
     second = ALBEDO * _lamp_and_ambient(10.0, 10.0).shade(normals)
-    batch = relight(torch.stack((first, second)), normals.expand(2, 3, 32, 32), "studio", mask=mask.expand(2, 32, 32))
+    batch = relight(
+        torch.stack((first, second)), normals.expand(2, 3, 32, 32), "studio", mask=mask.expand(2, 32, 32), srgb=False
+    )
     assert batch.image.shape == (2, 3, 32, 32)
     for index, image in enumerate((first, second)):
-        single = relight(image, normals, "studio", mask=mask)
+        single = relight(image, normals, "studio", mask=mask, srgb=False)
         torch.testing.assert_close(batch.image[index], single.image, atol=1e-5, rtol=0)
     assert torch.equal(batch.image[0][:, ~mask], first[:, ~mask])
     assert (batch.albedo[:, :, ~mask] == 0).all()
@@ -176,7 +190,7 @@ def test_resolve_lighting_forms():
 
 def test_nothing_to_relight_is_an_error():
     with pytest.raises(ValueError, match="no pixel"):
-        relight(torch.rand(3, 4, 4), torch.zeros(3, 4, 4), "front")
+        relight(torch.rand(3, 4, 4), torch.zeros(3, 4, 4), "front", srgb=False)
     normals, mask = _sphere(8)
     with pytest.raises(ValueError, match="no pixel"):
-        relight(torch.rand(3, 8, 8), normals, "front", mask=torch.zeros_like(mask))
+        relight(torch.rand(3, 8, 8), normals, "front", mask=torch.zeros_like(mask), srgb=False)

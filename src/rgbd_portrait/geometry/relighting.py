@@ -27,8 +27,10 @@ from rgbd_portrait.geometry.shading import (
     NUM_SH_COEFFICIENTS,
     direction_from_angles,
     lambert_sh_basis,
+    linear_to_srgb,
     shade_directional,
     shade_sh,
+    srgb_to_linear,
 )
 
 WHITE = (1.0, 1.0, 1.0)
@@ -213,12 +215,18 @@ def relight(
     original_light: Lighting | DirectionalLight | str | torch.Tensor | None = None,
     robust: bool = True,
     min_shading_fraction: float = DEFAULT_MIN_SHADING_FRACTION,
+    srgb: bool = True,
 ) -> RelightingResult:
     """Relight `image` under `light` (see `resolve_lighting`), estimating its original light unless given.
 
     The albedo is the image divided by the original shading, which is clamped from below at
-    `min_shading_fraction` of its peak so that near-black pixels do not blow up.
+    `min_shading_fraction` of its peak so that near-black pixels do not blow up. Light adds up linearly, so
+    with `srgb` (images as photos and PNGs store them) the maths runs on linear values and the relit image
+    and the albedo come back sRGB-encoded; `srgb=False` is for images that are linear already.
     """
+    encoded = image
+    if srgb:
+        image = srgb_to_linear(image)
     region = _fit_region(normals, mask)
     new_shading = resolve_lighting(light).shade(normals).to(image.dtype)
     if original_light is None:
@@ -233,7 +241,10 @@ def relight(
     albedo = image / torch.maximum(original_shading, floor[..., None, None])
     inside = region.unsqueeze(-3)
     albedo = torch.where(inside, albedo.clamp_min(0.0), torch.zeros_like(albedo))
-    relit = torch.where(inside, (albedo * new_shading).clamp(0.0, 1.0), image)
+    relit = (albedo * new_shading).clamp(0.0, 1.0)
+    if srgb:
+        relit, albedo = linear_to_srgb(relit), torch.where(inside, linear_to_srgb(albedo), albedo)
+    relit = torch.where(inside, relit, encoded)
     return RelightingResult(
         image=relit, albedo=albedo, original_shading=original_shading, new_shading=new_shading, region=region
     )

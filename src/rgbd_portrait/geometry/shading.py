@@ -83,3 +83,15 @@ def direction_from_angles(azimuth_degrees: float, elevation_degrees: float) -> t
             math.cos(elevation) * math.cos(azimuth),
         ]
     )
+
+
+def srgb_to_linear(encoded: torch.Tensor) -> torch.Tensor:
+    """sRGB-encoded values in [0, 1] → linear light, where shading multiplies."""
+    encoded = encoded.clamp(0.0, 1.0)
+    return torch.where(encoded <= 0.04045, encoded / 12.92, ((encoded + 0.055) / 1.055).pow(2.4))
+
+
+def linear_to_srgb(linear: torch.Tensor) -> torch.Tensor:
+    """Linear light in [0, 1] → sRGB-encoded values, as images are stored."""
+    linear = linear.clamp(0.0, 1.0)
+    return torch.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear.clamp_min(1e-12).pow(1.0 / 2.4) - 0.055)

@@ -18,7 +18,7 @@ import torch
 
 from rgbd_portrait.data.synth.parameters import Camera, Lighting
 from rgbd_portrait.data.synth.scene import Columns, Points, Scene
-from rgbd_portrait.geometry.shading import direction_from_angles, shade_directional, shade_sh
+from rgbd_portrait.geometry.shading import direction_from_angles, linear_to_srgb, shade_directional, shade_sh
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,6 @@ class RenderOutput:
     normal: torch.Tensor  # (B, H, W, 3) camera frame (x right, y up, z towards the camera), 0 on background
     albedo: torch.Tensor  # (B, H, W, 3)
     images: torch.Tensor  # (B, L, H, W, 3): one image per lighting condition
-
-
-def srgb_encode(linear: torch.Tensor) -> torch.Tensor:
-    linear = linear.clamp(0.0, 1.0)
-    return torch.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear.clamp_min(1e-12).pow(1.0 / 2.4) - 0.055)
 
 
 def camera_rays(cameras: Sequence[Camera], *, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -346,13 +341,13 @@ def render(
             top = torch.tensor(lighting.backdrop_top, device=device)
             bottom = torch.tensor(lighting.backdrop_bottom, device=device)
             backdrop = top + (bottom - top) * height_fraction
-            lit = srgb_encode(albedo_image[index] * shading)
+            lit = linear_to_srgb(albedo_image[index] * shading)
             images[index, condition] = torch.where(mask[index, :, None], lit, backdrop)
 
     return RenderOutput(
         depth=depth,
         mask=mask.view(batch, size, size),
         normal=normal_image.view(batch, size, size, 3),
-        albedo=srgb_encode(albedo_image).view(batch, size, size, 3),
+        albedo=linear_to_srgb(albedo_image).view(batch, size, size, 3),
         images=images.view(batch, conditions, size, size, 3),
     )
