@@ -51,7 +51,7 @@ from rgbd_portrait.data.image_io import write_rgb_png
 from rgbd_portrait.data.sample_format import read_meta, read_sample, sequence_frames
 from rgbd_portrait.data.sequence_dataset import find_sequences
 from rgbd_portrait.data.synth import render_dataset, synthesize_speech
-from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
+from rgbd_portrait.files import write_bytes_atomically
 from rgbd_portrait.models import RGBDPortraitModel
 from rgbd_portrait.pipelines import RGBDPortraitPipeline
 from rgbd_portrait.pipelines.animate import iter_animation, prepare_animation

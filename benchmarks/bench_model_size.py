@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
+from rgbd_portrait.files import write_bytes_atomically
 from rgbd_portrait.models import RGBDPortraitModel, read_model_section
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from rgbd_portrait.data.synth import StudioOptions, render_dataset, render_samples, still_view, studio_identity
-from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
+from rgbd_portrait.files import write_bytes_atomically
 
 
 def cpu_seconds() -> float:

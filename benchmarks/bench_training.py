@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from rgbd_portrait.data.synth import render_dataset
-from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
+from rgbd_portrait.files import write_bytes_atomically
 from rgbd_portrait.training import Trainer, load_config
 
 # (label, stage, overrides)

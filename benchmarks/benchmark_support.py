@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
 from rgbd_portrait.evaluation.runner import describe_device
+from rgbd_portrait.files import write_bytes_atomically
 
 
 def command_line(script: str, argv: list[str] | None) -> str:

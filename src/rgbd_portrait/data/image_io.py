@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from rgbd_portrait.data.sample_format import encode_normals
 from rgbd_portrait.errors import UserInputError
-from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
+from rgbd_portrait.files import write_bytes_atomically
 from rgbd_portrait.geometry.camera import CameraIntrinsics
 
 WHITE = (1.0, 1.0, 1.0)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from rgbd_portrait.data.sample_format import (
     read_sample,
 )
 from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.files import temporary_file_beside
 
 SHARD_SUFFIX = ".tar"
 
@@ -74,10 +74,7 @@ class ShardWriter:
         if "." in key or "/" in key:
             raise ValueError(f"shard keys may not contain '.' or '/': {key!r}")
         if self._tar is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            handle, name = tempfile.mkstemp(prefix=f".{self.prefix}.", suffix=".tmp", dir=self.directory)
-            os.close(handle)
-            self._temporary = Path(name)
+            self._temporary = temporary_file_beside(self.directory / shard_name(self.prefix, len(self.written)))
             # Open across `write` calls; `_finish_shard` or `_discard` closes it.
             self._tar = tarfile.open(self._temporary, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         for name, content in files.items():

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from rgbd_portrait.data.depth_normalization import normalize_depth, to_unit_range
 from rgbd_portrait.data.sample_format import is_sample, read_meta, read_sample
 from rgbd_portrait.errors import UserInputError
-from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
+from rgbd_portrait.files import write_bytes_atomically
 
 # The model's background value in unit-range depth (far); the template uses it where no face ever was.
 FAR_DEPTH = 1.0

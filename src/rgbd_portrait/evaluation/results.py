@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
+from rgbd_portrait.files import write_bytes_atomically
 
 # Column headings for the keys that `evaluation.metrics` returns; ↑/↓ say which way is better.
 METRIC_LABELS = {

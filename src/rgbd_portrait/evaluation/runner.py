@@ -57,7 +57,6 @@ from rgbd_portrait.data.dataset import discover_samples
 from rgbd_portrait.data.sample_format import PortraitSample, read_sample
 from rgbd_portrait.data.shards import ShardedSample
 from rgbd_portrait.errors import UserInputError
-from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
 from rgbd_portrait.evaluation.baselines import MeanFaceTemplate, flat_plane_depth
 from rgbd_portrait.evaluation.metrics import (
     align_scale_shift,
@@ -71,6 +70,7 @@ from rgbd_portrait.evaluation.results import METRIC_LABELS, MetricAccumulator, f
 from rgbd_portrait.evaluation.speed import median_seconds
 from rgbd_portrait.evaluation.synthetic_truth import is_synthetic, relighting_light, render_under_lights
 from rgbd_portrait.evaluation.task_names import TASK_TITLES, TASKS
+from rgbd_portrait.files import write_bytes_atomically
 from rgbd_portrait.geometry.camera import DEFAULT_FIELD_OF_VIEW_DEGREES, CameraIntrinsics, unproject_relative_depth
 from rgbd_portrait.geometry.normals import normals_from_depth
 from rgbd_portrait.geometry.relighting import relight

@@ -21,7 +21,7 @@ import trimesh
 
 from rgbd_portrait.data.image_io import to_uint8_rgb
 from rgbd_portrait.errors import UserInputError
-from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
+from rgbd_portrait.files import write_bytes_atomically
 
 # Triangles whose normal is more than ~87° from the direction to the camera are discontinuity walls.
 DEFAULT_MIN_VIEW_COSINE = 0.05

@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ import torch
 from rgbd_portrait.data.audio import AudioTrack
 from rgbd_portrait.data.image_io import colorize_depth, to_uint8_rgb, write_rgb_png
 from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.files import replace_folder, temporary_folder_beside
 from rgbd_portrait.geometry.camera import unproject_relative_depth
 from rgbd_portrait.geometry.pointcloud import write_point_cloud
 from rgbd_portrait.pipelines.animate import AnimationChunk, iter_animation, prepare_animation, resolve_window
@@ -88,12 +87,7 @@ class AnimationWriter:
         self._depth: np.memmap | None = None
 
     def __enter__(self) -> AnimationWriter:
-        self.folder.parent.mkdir(parents=True, exist_ok=True)
-        self._temporary = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", suffix=".tmp", dir=self.folder.parent))
-        # mkdtemp makes the folder private; the result follows the user's umask like any other folder.
-        umask = os.umask(0)
-        os.umask(umask)
-        self._temporary.chmod(0o777 & ~umask)
+        self._temporary = temporary_folder_beside(self.folder)
         try:
             self._open()
         except BaseException:
@@ -179,11 +173,7 @@ class AnimationWriter:
         write_rgb_png(temporary / "reference.png", self.reference)
         record = {**self.record, "frames": self.frame_count, "fps": self.fps, "seconds": self.frame_count / self.fps}
         (temporary / RESULT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        previous = self.folder.with_name(f".{self.folder.name}.{uuid.uuid4().hex}.old")
-        if self.folder.exists():
-            os.replace(self.folder, previous)
-        os.replace(temporary, self.folder)
-        shutil.rmtree(previous, ignore_errors=True)
+        replace_folder(temporary, self.folder)
         self._temporary = None
 
     def _abort(self) -> None:

@@ -18,8 +18,8 @@ from PIL import Image
 
 from rgbd_portrait.data.depth_normalization import to_unit_range
 from rgbd_portrait.data.image_io import colorize_depth, make_preview
-from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
 from rgbd_portrait.evaluation.metrics import align_scale_shift, mean_absolute_error, psnr
+from rgbd_portrait.files import write_bytes_atomically
 from rgbd_portrait.models.layout import Task, expand_masks, task_masks
 from rgbd_portrait.models.reference import ReferenceFeatures
 from rgbd_portrait.models.rgbd_model import RGBDPortraitModel

@@ -34,7 +34,7 @@ from rgbd_portrait.data.prepare.portrait import PortraitPreparer
 from rgbd_portrait.data.prepare.sequences import prepare_sequence
 from rgbd_portrait.data.sample_format import is_sample, write_sample
 from rgbd_portrait.errors import UserInputError
-from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
+from rgbd_portrait.files import write_bytes_atomically
 
 RECORDS_FOLDER = ".prepare"
 SUMMARY_FILE = "prepare_summary.json"

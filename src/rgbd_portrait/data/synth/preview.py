@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from rgbd_portrait.data.image_io import colorize_depth, to_uint8_rgb
 from rgbd_portrait.data.sample_format import PortraitSample, encode_normals
-from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
+from rgbd_portrait.files import write_bytes_atomically
 
 HEADER_HEIGHT = 18
 

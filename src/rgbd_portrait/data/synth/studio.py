@@ -58,7 +58,7 @@ from rgbd_portrait.data.synth.preview import write_contact_sheet
 from rgbd_portrait.data.synth.renderer import RenderSettings, render
 from rgbd_portrait.data.synth.talking import talking_sequence
 from rgbd_portrait.errors import UserInputError
-from rgbd_portrait.evaluation.atomic_files import write_bytes_atomically
+from rgbd_portrait.files import write_bytes_atomically
 from rgbd_portrait.geometry.shading import direction_from_angles
 
 SPLITS = ("train", "val", "test")
