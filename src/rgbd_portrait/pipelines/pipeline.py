@@ -266,17 +266,6 @@ class RGBDPortraitPipeline:
         return self.model.encode_reference(self.model.codec.encode_rgb(rgb), reference_rgb=rgb)
 
     @staticmethod
-    def _repeat_features(features: ReferenceFeatures, repeats: int) -> ReferenceFeatures:
-        if repeats == 1:
-            return features
-        return ReferenceFeatures(
-            bank={name: tokens.repeat_interleave(repeats, dim=0) for name, tokens in features.bank.items()},
-            drop=features.drop.repeat_interleave(repeats, dim=0),
-            context=features.context.repeat_interleave(repeats, dim=0),
-            latent_size=features.latent_size,
-        )
-
-    @staticmethod
     def _per_sample_generators(generator: GeneratorInput, num_inputs: int, repeats: int):
         """One generator for the batch, or one per input (repeated for its samples), or one per sample."""
         if generator is None or isinstance(generator, torch.Generator):
@@ -316,7 +305,7 @@ class RGBDPortraitPipeline:
         `start_rgb` (N, 3, S, S) with `strength` < 1 starts from that image noised part-way (SDEdit).
         """
         num_inputs = reference.batch_size
-        features = self._repeat_features(reference, repeats)
+        features = reference if repeats == 1 else reference.repeat_each(repeats)
         if guidance_scale > 1.0:
             features = with_unconditional_branch(self.model, features)
 
@@ -714,6 +703,14 @@ class RGBDPortraitPipeline:
         return self._return(output, return_dict)
 
     @torch.no_grad()
+    def animate(self, reference: ImageInput, audio, **options):
+        """A talking-head RGB-D video of `reference` driven by `audio` (a path or samples); the options and the
+        output are those of `rgbd_portrait.pipelines.animate.animate`. Needs a model with motion layers."""
+        # Imported here: the animation module builds on this one.
+        from rgbd_portrait.pipelines.animate import animate
+
+        return animate(self, reference, audio, **options)
+
     def relight(
         self,
         image: ImageInput | Sequence[ImageInput],
