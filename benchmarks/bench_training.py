@@ -6,8 +6,9 @@
 
 Run from the repository root. Renders a small synthetic data set at the model's resolution (or uses
 --data), trains each variant through the real trainer (`Trainer`) and reports the median wall-clock step
-time after --warmup steps (from the trainer's own logs) and the CPU seconds per step (which other processes
-on a shared machine do not inflate). Writes a Markdown table to benchmarks/results/training_speed.md (or
+time after --warmup steps (from the trainer's own logs) and the process CPU seconds per step (other
+processes on a shared machine inflate it less than the wall time, but OpenMP threads that spin while waiting
+for a core still count). Writes a Markdown table to benchmarks/results/training_speed.md (or
 --out) and prints it.
 """
 
@@ -60,8 +61,8 @@ def measure(
     config_path: str, overrides: list[str], stage: str, *, steps: int, warmup: int, scratch: Path
 ) -> dict[str, float]:
     """Median wall seconds per step after `warmup` steps; CPU seconds per step (the CPU time of a run of
-    `warmup + steps` steps minus that of a run of `warmup` steps, which cancels the set-up costs and does
-    not grow when other processes share the cores); the peak GPU memory when on CUDA."""
+    `warmup + steps` steps minus that of a run of `warmup` steps, which cancels the set-up costs); the peak
+    GPU memory when on CUDA."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     _, _, warmup_cpu = run_steps(config_path, overrides, stage, warmup, scratch / "warmup")
