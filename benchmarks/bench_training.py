@@ -69,6 +69,7 @@ def measure(
     config, rows, total_cpu = run_steps(config_path, overrides, stage, warmup + steps, scratch / "measured")
     stage_config = config.stage(stage)
     result = {
+        "crop_size": getattr(stage_config, "crop_size", None),
         "seconds_per_step": statistics.median(1.0 / row["steps_per_second"] for row in rows[warmup:]),
         "cpu_seconds_per_step": (total_cpu - warmup_cpu) / steps,
         "batch": stage_config.batch_size * stage_config.gradient_accumulation_steps,
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for label, result in results:
         seconds = result["seconds_per_step"]
+        if result["crop_size"]:
+            label += f" ({result['crop_size']}-px crops)"
         row = (
             f"| {label} | {seconds:.3f} | {1 / seconds:.2f} | {result['batch'] / seconds:.1f} "
             f"| {result['cpu_seconds_per_step']:.2f} |"
