@@ -10,8 +10,9 @@ Layout of `<output_dir>/<stage>/checkpoints/checkpoint-00000500/`::
     rng/rank-<r>.json         python and numpy generator states of process r
     training_state.json       stage, step, samples consumed, LR schedule, grad scaler, EMA counters
 
-Every process writes its own random state into a temporary folder, then process 0 writes the rest and
-renames the folder into place, so a checkpoint either exists completely or not at all.
+Every process writes its own random state into a temporary folder (with a name every process can derive),
+then process 0 writes the rest and renames the folder into place, so a checkpoint either exists completely
+or not at all.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.files import replace_folder
 from rgbd_portrait.training.seeding import capture_rng_state, restore_rng_state
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -142,9 +144,7 @@ class CheckpointWriter:
                         temporary / "ema.safetensors",
                     )
                 _save_json(temporary / STATE_FILE, asdict(state))
-                if final.exists():
-                    shutil.rmtree(final)
-                os.replace(temporary, final)
+                replace_folder(temporary, final)
             except BaseException:
                 shutil.rmtree(temporary, ignore_errors=True)
                 raise

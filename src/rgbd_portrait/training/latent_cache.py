@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from rgbd_portrait.files import atomic_file, write_bytes_atomically
 from rgbd_portrait.models.codec import LatentCodec
 from rgbd_portrait.training.joint_objective import latent_foreground
 
@@ -106,9 +107,8 @@ def build_latent_cache(
             tensors = encode_shard(
                 codec, dataset, indices, batch_size=batch_size, num_workers=num_workers, progress=progress
             )
-            temporary = path.with_name(f".{path.name}.tmp")
-            save_file(tensors, temporary)
-            os.replace(temporary, path)
+            with atomic_file(path) as temporary:
+                save_file(tensors, temporary)
         codec.train(was_training)
         progress.close()
         barrier()
@@ -119,9 +119,7 @@ def build_latent_cache(
                 "num_samples": total,
                 "shards": [_shard_name(shard) for shard in range(shard_count)],
             }
-            temporary = directory / f".{INDEX_FILE}.tmp"
-            temporary.write_text(json.dumps(index, indent=1) + "\n")
-            os.replace(temporary, directory / INDEX_FILE)
+            write_bytes_atomically(directory / INDEX_FILE, (json.dumps(index, indent=1) + "\n").encode())
     barrier()
     return directory
 

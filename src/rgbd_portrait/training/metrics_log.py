@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rgbd_portrait.files import write_bytes_atomically
+
 
 class MetricsLogger:
     def __init__(self, directory: str | os.PathLike, *, resume_step: int = 0):
@@ -39,14 +41,9 @@ class MetricsLogger:
         writer = csv.DictWriter(text, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-        for suffix, content in (
-            (".csv", text.getvalue()),
-            (".jsonl", "".join(json.dumps(row) + "\n" for row in rows)),
-        ):
-            path = self.directory / f"{kind}{suffix}"
-            temporary = path.with_name(f".{path.name}.tmp")
-            temporary.write_text(content)
-            os.replace(temporary, path)
+        write_bytes_atomically(self.directory / f"{kind}.csv", text.getvalue().encode())
+        jsonl = "".join(json.dumps(row) + "\n" for row in rows)
+        write_bytes_atomically(self.directory / f"{kind}.jsonl", jsonl.encode())
 
     def _truncate(self, kind: str, *, after_step: int) -> None:
         rows = self.read(kind)

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.files import write_bytes_atomically
 from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
 from rgbd_portrait.training.checkpointing import (
     MODEL_FOLDER,
@@ -254,9 +255,7 @@ class Trainer:
                 check_motion_data(config.data, config.train.motion)
         if self.is_main:
             folders.root.mkdir(parents=True, exist_ok=True)
-            temporary = folders.config_file.with_name(".config.yaml.tmp")
-            temporary.write_text(config_to_yaml(config))
-            temporary.replace(folders.config_file)
+            write_bytes_atomically(folders.config_file, config_to_yaml(config).encode())
             if not data_exists:
                 render_data_folder(
                     config.data, resolution=resolution, device=self.accelerator.device, show_progress=self.show_progress
