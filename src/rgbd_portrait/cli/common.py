@@ -74,22 +74,6 @@ def pipeline_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def _resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("--device cuda: CUDA is not available on this machine")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserInputError("--device mps: Apple's MPS is not available on this machine")
-    return torch.device(name)
-
-
 def resolve_model_dir(model: str | None) -> Path:
     if model is not None:
         return Path(model)
@@ -106,7 +90,10 @@ def pipeline_loader(args: argparse.Namespace):
     model_dir = resolve_model_dir(args.model)
     if not model_dir.is_dir():
         raise UserInputError(f"{model_dir}: model folder not found")
-    device = _resolve_device(args.device)
+    # Imported here: parsing the command line stays free of torch.
+    from rgbd_portrait.devices import resolve_device
+
+    device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype)
     if dtype == torch.float16 and device.type == "cpu":
         raise UserInputError("--dtype float16: not supported on the CPU; use bfloat16 or float32")
