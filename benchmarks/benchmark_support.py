@@ -6,6 +6,7 @@ Scripts run from the repository root as `python benchmarks/NAME.py`, which puts 
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import shlex
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import torch
 
+from rgbd_portrait.devices import resolve_device
 from rgbd_portrait.evaluation.runner import describe_device
 from rgbd_portrait.files import write_bytes_atomically
+from rgbd_portrait.pipelines import RGBDPortraitPipeline
 
 
 def command_line(script: str, argv: list[str] | None) -> str:
@@ -33,11 +36,22 @@ def machine_line(device: torch.device | str) -> str:
     return line
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` = CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every study of a trained model takes (model, data, size of the run, device)."""
+    parser.add_argument("--model", default="runs/studies/joint_vs_separate/variant0/joint/model")
+    parser.add_argument("--data", default="datasets/study-studio-32")
+    parser.add_argument("--limit", type=int, help="test samples evaluated (default all)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per setting")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+
+
+def load_study_pipeline(args: argparse.Namespace) -> RGBDPortraitPipeline:
+    """The pipeline of `--model` on `--device`, quiet, with `--threads` set."""
+    torch.set_num_threads(args.threads)
+    pipeline = RGBDPortraitPipeline.from_pretrained(args.model).to(resolve_device(args.device))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def write_markdown(path: str | os.PathLike, text: str) -> Path:

@@ -16,9 +16,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
-from benchmark_support import command_line, machine_line, new_figure, resolve_device, write_figure, write_markdown
+from benchmark_support import (
+    add_study_arguments,
+    command_line,
+    load_study_pipeline,
+    machine_line,
+    new_figure,
+    write_figure,
+    write_markdown,
+)
 from rgbd_portrait.evaluation.results import format_markdown_table
 from rgbd_portrait.evaluation.runner import EvaluationOptions, EvaluationSet, evaluate, load_template
 from rgbd_portrait.evaluation.speed import median_seconds
@@ -45,19 +51,11 @@ def seconds_per_image(pipeline: RGBDPortraitPipeline, data: str, *, training_fre
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="runs/studies/joint_vs_separate/variant0/joint/model")
-    parser.add_argument("--data", default="datasets/study-studio-32")
-    parser.add_argument("--limit", type=int, help="test samples evaluated (default all)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per task and variant")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--out", default="benchmarks/results/inpainting_vs_replacement.md")
+    add_study_arguments(parser)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-
-    pipeline = RGBDPortraitPipeline.from_pretrained(args.model).to(device)
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline = load_study_pipeline(args)
+    device = pipeline.device
     template = load_template(None, args.data)
     rows, results = {}, None
     for name, training_free in VARIANTS.items():
