@@ -24,12 +24,12 @@ demo: $(STAMP)
 	$(VENV)/bin/rgbd-portrait synth --out $(OUT)/studio --identities 6 --samples-per-identity 2 --preview
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests benchmarks
-	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks scripts
+	$(VENV)/bin/ruff check --fix src tests benchmarks scripts
 
 test: lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

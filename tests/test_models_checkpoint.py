@@ -59,6 +59,19 @@ def test_round_trip_is_exact_and_keeps_the_settings(saved):
     assert index["prediction_type"] == "v_prediction"
 
 
+def test_half_precision_storage_loads_as_float32(saved, tmp_path):
+    model, _ = saved
+    model.save_pretrained(tmp_path / "half", dtype=torch.float16)
+    stored = safetensors.torch.load_file(tmp_path / "half" / "backbone" / WEIGHTS)
+    assert {tensor.dtype for tensor in stored.values()} == {torch.float16}
+    assert next(model.parameters()).dtype == torch.float32  # the saved model itself is left alone
+    loaded = RGBDPortraitModel.from_pretrained(tmp_path / "half")
+    assert {parameter.dtype for parameter in loaded.parameters()} == {torch.float32}
+    # Rounding the weights to fp16 moves the outputs by about fp16's resolution, no more.
+    torch.testing.assert_close(_outputs(loaded), _outputs(model), atol=2e-2, rtol=0)
+    assert not torch.equal(_outputs(loaded), _outputs(model))
+
+
 def test_scheduler_is_trailing_ddim_on_zero_terminal_snr(saved):
     scheduler = saved[0].make_scheduler()
     assert isinstance(scheduler, DDIMScheduler)
@@ -129,7 +142,7 @@ def test_saving_is_atomic_and_never_replaces_other_folders(saved, tmp_path, monk
     model.save_pretrained(tmp_path / "model")
     model.save_pretrained(tmp_path / "model", overwrite=True)
 
-    def failing_save(component, directory):
+    def failing_save(component, directory, dtype=None):
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint_module, "save_component", failing_save)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from rgbd_portrait.errors import UserInputError
@@ -17,6 +18,7 @@ from rgbd_portrait.training.checkpointing import (
     restore_process_rng,
 )
 from rgbd_portrait.training.config import load_config
+from rgbd_portrait.training.curves import logged_stages, plot_training_curves
 from rgbd_portrait.training.ema import ExponentialMovingAverage
 from rgbd_portrait.training.metrics_log import MetricsLogger
 from rgbd_portrait.training.optim import (
@@ -257,3 +259,20 @@ def test_metrics_logger_truncates_on_resume_and_grows_columns(tmp_path):
     resumed = MetricsLogger(tmp_path, resume_step=2)
     assert [row["step"] for row in resumed.read("train")] == [1, 2]
     assert len((tmp_path / "train.csv").read_text().splitlines()) == 3
+
+
+def test_training_curves_plot_every_logged_stage(tmp_path):
+    for stage, metrics in (("codec", {"rgb_psnr": 20.0, "depth_mae": 0.1}), ("joint", {"loss_joint": 0.2})):
+        logger = MetricsLogger(tmp_path / stage / "logs")
+        for step in range(20, 220, 20):
+            logger.log("train", step, {"loss": 1.0 / step})
+        logger.log("validation", 100, metrics)
+        logger.log("validation", 200, {key: value * 1.1 for key, value in metrics.items()})
+        logger.close()
+    (tmp_path / "motion").mkdir()  # a stage that has not logged yet is left out
+    assert logged_stages(tmp_path) == ["codec", "joint"]
+    out = plot_training_curves(tmp_path, tmp_path / "curves.png")
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.width > image.height > 300
+    with pytest.raises(FileNotFoundError, match="no stage has a training log"):
+        plot_training_curves(tmp_path / "motion", tmp_path / "none.png")

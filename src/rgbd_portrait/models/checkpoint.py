@@ -23,7 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from diffusers import AutoencoderKL, ModelMixin, UNet2DConditionModel
+from safetensors.torch import save_file
 
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.files import atomic_folder
@@ -71,8 +73,18 @@ def index_entry(component: ModelMixin) -> list[str]:
 _UNSHARDED = "1000GB"
 
 
-def save_component(component: ModelMixin, directory: Path) -> None:
-    component.save_pretrained(directory, safe_serialization=True, max_shard_size=_UNSHARDED)
+def save_component(component: ModelMixin, directory: Path, *, dtype: torch.dtype | None = None) -> None:
+    """Write `component`; with `dtype`, its floating-point weights are stored in that precision."""
+    if dtype is None:
+        component.save_pretrained(directory, safe_serialization=True, max_shard_size=_UNSHARDED)
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    component.save_config(directory)
+    state = {
+        key: (tensor.to(dtype) if tensor.is_floating_point() else tensor).detach().contiguous().cpu()
+        for key, tensor in component.state_dict().items()
+    }
+    save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
 
 
 def load_component(directory: Path, class_name: str, *, slot: str) -> ModelMixin:

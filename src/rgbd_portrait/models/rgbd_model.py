@@ -439,8 +439,14 @@ class RGBDPortraitModel(nn.Module):
         return model
 
     # -- checkpoints ----------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Write the checkpoint folder atomically (see `rgbd_portrait.models.checkpoint`)."""
+    def save_pretrained(
+        self, directory: str | os.PathLike, *, overwrite: bool = False, dtype: torch.dtype | None = None
+    ) -> Path:
+        """Write the checkpoint folder atomically (see `rgbd_portrait.models.checkpoint`).
+
+        `dtype` (e.g. `torch.float16`) stores the weights in that precision; `from_pretrained` computes in
+        float32 unless told otherwise.
+        """
         components = {name: getattr(self, name) for name in COMPONENT_NAMES}
         optional = {name: getattr(self, name) for name in OPTIONAL_COMPONENT_NAMES}
         components |= {name: component for name, component in optional.items() if component is not None}
@@ -456,7 +462,7 @@ class RGBDPortraitModel(nn.Module):
         }
         with atomic_directory(directory, overwrite=overwrite) as temporary:
             for name, component in components.items():
-                save_component(component, temporary / name)
+                save_component(component, temporary / name, dtype=dtype)
             (temporary / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
         return Path(directory)
 
@@ -466,9 +472,12 @@ class RGBDPortraitModel(nn.Module):
         directory: str | os.PathLike,
         *,
         device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> RGBDPortraitModel:
-        """Load a checkpoint folder strictly (every weight present, nothing extra); in eval mode."""
+        """Load a checkpoint folder strictly (every weight present, nothing extra); in eval mode.
+
+        The model computes in `dtype` whatever the stored precision (the shipped default is stored in fp16).
+        """
         directory = Path(directory)
         index = read_index(directory)
         index_path = directory / INDEX_NAME

@@ -64,6 +64,7 @@ from rgbd_portrait.pipelines.output import (
     convert_images,
 )
 from rgbd_portrait.pipelines.sampling import CONDITIONINGS, Conditioning, sample_latents, with_unconditional_branch
+from rgbd_portrait.weights import default_model_dir
 
 # Guidance over the reference for the tasks that synthesise appearance; image→depth needs none by default.
 DEFAULT_GUIDANCE_SCALE = 2.0
@@ -168,13 +169,13 @@ class RGBDPortraitPipeline:
     @classmethod
     def from_pretrained(
         cls,
-        path: str | os.PathLike,
+        path: str | os.PathLike | None = None,
         *,
         device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> RGBDPortraitPipeline:
-        """Load a model folder (see `rgbd_portrait.models.checkpoint`) strictly."""
-        path = Path(path)
+        """Load a model folder (see `rgbd_portrait.models.checkpoint`) strictly; without one, the shipped default."""
+        path = default_model_dir() if path is None else Path(path)
         if not path.is_dir():
             raise UserInputError(f"{path}: model folder not found")
         return cls(RGBDPortraitModel.from_pretrained(path, device=device, dtype=dtype))

@@ -45,6 +45,7 @@ from rgbd_portrait.training.checkpointing import (
     restore_process_rng,
 )
 from rgbd_portrait.training.config import STAGES, ExperimentConfig, config_to_yaml
+from rgbd_portrait.training.curves import CURVES_NAME, plot_training_curves
 from rgbd_portrait.training.data import (
     LatentSamples,
     PixelSamples,
@@ -497,6 +498,7 @@ class Trainer:
                     logger.log("final", state.step, finishing)
                 model.save_pretrained(final, overwrite=True)
             logger.close()
+            plot_training_curves(folders.root, folders.root / CURVES_NAME)
         self._barrier()
         accelerator.free_memory()
         return final
