@@ -1,10 +1,12 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from rgbd_portrait.data.sample_format import PortraitSample, write_sample
 from rgbd_portrait.errors import UserInputError
-from rgbd_portrait.evaluation.baselines import MeanFaceTemplate, find_samples, flat_plane_depth
+from rgbd_portrait.evaluation.baselines import MeanFaceTemplate, find_split, flat_plane_depth
 from rgbd_portrait.evaluation.metrics import depth_metrics
 
 SIZE = 8
@@ -39,11 +41,15 @@ def data_dir(tmp_path):
     # Neither a test sample nor a half-written hidden folder may contribute.
     write_sample(root / "test" / "c", _two_level_sample("test", (slice(4, 6), slice(4, 6)), 1.0, 1.1))
     write_sample(root / ".d.tmp", _two_level_sample("train", (slice(4, 6), slice(4, 6)), 1.0, 1.1))
+    # Nor the frames of a talking sequence: they are many near-copies of one view.
+    sequence = root / "sequences" / "train" / "e_talk"
+    write_sample(sequence / "frames" / "000000", _two_level_sample("train", (slice(4, 6), slice(4, 6)), 1.0, 1.1))
+    (sequence / "meta.json").write_text(json.dumps({"split": "train"}))
     return root
 
 
 def test_template_is_the_masked_average_of_normalised_training_depth(data_dir):
-    assert [path.name for path in find_samples(data_dir, split="train")] == ["a", "b"]
+    assert [path.name for path in find_split(data_dir, split="train")] == ["a", "b"]
     template = MeanFaceTemplate.from_data(data_dir)
     np.testing.assert_allclose(template.depth.numpy(), EXPECTED_TEMPLATE, atol=1e-6)
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rgbd_portrait.data.depth_normalization import normalize_depth, to_unit_range
-from rgbd_portrait.data.sample_format import is_sample, read_meta, read_sample
+from rgbd_portrait.data.sample_format import find_samples, read_meta, read_sample
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.files import write_bytes_atomically
 
@@ -41,17 +41,12 @@ def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(image[None, None], size=size, mode="bilinear", antialias=True, align_corners=False)[0, 0]
 
 
-def find_samples(data_dir: str | os.PathLike, *, split: str) -> list[Path]:
-    """Sample folders under `data_dir` (at any depth, hidden folders skipped) whose meta names `split`."""
+def find_split(data_dir: str | os.PathLike, *, split: str) -> list[Path]:
+    """The sample folders of one split under `data_dir` (frames of talking sequences left out)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserInputError(f"{data_dir}: data folder does not exist")
-    folders = sorted(
-        path.parent
-        for path in data_dir.rglob("meta.json")
-        if not any(part.startswith(".") for part in path.relative_to(data_dir).parts)
-    )
-    return [folder for folder in folders if is_sample(folder) and read_meta(folder).get("split") == split]
+    return [folder for folder in find_samples(data_dir) if read_meta(folder).get("split") == split]
 
 
 class MeanFaceTemplate:
@@ -73,7 +68,7 @@ class MeanFaceTemplate:
         other distances average sensibly. Maps are resized to `size` (default: the first sample's) with
         their masks as weights. Pixels that no mask covers get the far value.
         """
-        folders = find_samples(data_dir, split=split)
+        folders = find_split(data_dir, split=split)
         if not folders:
             raise UserInputError(f"{data_dir}: no sample with split '{split}' in its meta.json")
         depth_sum = mask_sum = None
