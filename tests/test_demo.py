@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from rgbd_portrait.cli import common
 from rgbd_portrait.cli.main import main
 from rgbd_portrait.data.audio import LogMelFeatures
 from rgbd_portrait.data.sample_format import AUDIO_SAMPLE_RATE
 from rgbd_portrait.data.synth.studio import assign_splits
+from rgbd_portrait.demo import overview, run_demo
 from rgbd_portrait.demo import run as demo_run
-from rgbd_portrait.demo import run_demo
 from rgbd_portrait.demo.portraits import STUDIO, speech_clip, studio_test_identities
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models import RGBDPortraitModel
@@ -94,6 +95,21 @@ def test_page_is_printed_and_every_link_is_a_written_file(demo):
     # every image and video of the page is shown, not only linked
     shown = {link for link in files if link.endswith((".png", ".mp4"))}
     assert {"inputs/astronaut.png", "inputs/grace_hopper.png", "animation/astronaut/side_by_side.mp4"} <= shown
+    assert "overview.png" in shown
+
+
+def test_overview_sheet_has_a_row_per_portrait_and_a_column_per_result(demo):
+    out, _ = demo
+    record = json.loads((out / "demo.json").read_text())
+    with Image.open(out / "overview.png") as sheet:
+        columns, rows = 6, len(record["portraits"])  # input, depth, joint image and depth, depth→image, relit
+        gap, caption = overview.GAP, overview.CAPTION_HEIGHT
+        assert sheet.size == (columns * SIDE + (columns - 1) * gap, caption + rows * SIDE + (rows - 1) * gap)
+        # The second row's joint image is the joint task's result for the second portrait, pixel for pixel.
+        left, top = 2 * (SIDE + gap), caption + SIDE + gap
+        tile = np.asarray(sheet.crop((left, top, left + SIDE, top + SIDE)))
+    joint = np.asarray(Image.open(out / "joint" / f"{record['portraits'][1]['name']}_0" / "rgb.png").convert("RGB"))
+    np.testing.assert_array_equal(tile, joint)
 
 
 def test_every_task_ran_on_every_portrait_with_every_export(demo):

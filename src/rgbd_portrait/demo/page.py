@@ -9,6 +9,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import quote
 
+from rgbd_portrait.demo.overview import OVERVIEW_FILE
 from rgbd_portrait.evaluation.task_names import TASK_TITLES
 
 IMAGE_WIDTH = 160  # CSS pixels per image on the page; the files keep the model's resolution
@@ -51,7 +52,7 @@ td, th { padding: 0.2em 0.8em; border-bottom: 1px solid #eee; text-align: left; 
 .row { display: flex; flex-wrap: wrap; gap: 0.6em; } figure { margin: 0; }
 figure img { width: WIDTHpx; height: WIDTHpx; display: block; background: #000; }
 figcaption { font-size: 0.85em; color: #444; max-width: WIDTHpx; } .note { color: #555; font-size: 0.9em; }
-video { max-width: 100%; } code { background: #f3f3f3; padding: 0 0.2em; }
+video, img.overview { max-width: 100%; } code { background: #f3f3f3; padding: 0 0.2em; }
 """.replace("WIDTH", str(IMAGE_WIDTH))
 
 
@@ -250,6 +251,7 @@ def render_page(record: dict[str, Any]) -> str:
         f"<p>{ABOUT_MODEL}</p>",
         f"<p>{about}</p>",
         f"<p>Contents: {' · '.join(contents)}</p>",
+        f'<p><img class="overview" src="{OVERVIEW_FILE}" alt="every portrait (rows) and task result (columns)"></p>',
         "<h2>Model</h2>",
         _table(_model_rows(model)),
         "<h2>Machine</h2>",

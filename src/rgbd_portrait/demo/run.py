@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from rgbd_portrait import __version__
 from rgbd_portrait.data.sample_format import AUDIO_SAMPLE_RATE
+from rgbd_portrait.demo.overview import write_overview
 from rgbd_portrait.demo.page import render_page
 from rgbd_portrait.demo.portraits import INPUTS_FOLDER, Portrait, prepare_photos, render_synthetic, speech_clip
 from rgbd_portrait.errors import UserInputError
@@ -394,5 +395,6 @@ def run_demo(
             "total_seconds": time.perf_counter() - started,
         }
         (root / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        write_overview(record, root)
         (root / PAGE_FILE).write_text(render_page(record))
     return out_dir / PAGE_FILE
