@@ -51,6 +51,20 @@ def test_reference_changes_the_output_and_dropped_samples_ignore_it(model):
     assert (outputs[1][1] - without[1]).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("drop", [[False, True], [False, False]])
+def test_denoising_with_a_reference_traces_as_one_graph(model, drop):
+    """torch.compile sees the whole backbone: no host read of the drop flags inside the attention layers."""
+    noisy, known, timesteps = _inputs()
+    reference = model.encode_reference(torch.randn(2, 4, 8, 8), drop=drop)
+
+    def denoise(noisy, known):
+        return model.denoise(noisy, timesteps, known=known, task="image_to_depth", reference=reference)
+
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(denoise)(noisy, known)
+    assert explanation.graph_break_count == 0, explanation.break_reasons[:1]
+
+
 def test_bank_pairs_with_the_backbone_by_layer_name(model):
     reference = model.encode_reference(torch.randn(1, 4, 8, 8))
     assert sorted(reference.bank) == sorted(self_attention_layer_names(model.backbone))

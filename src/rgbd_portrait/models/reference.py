@@ -23,7 +23,7 @@ All processors use `F.scaled_dot_product_attention`, like diffusers' `AttnProces
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,12 @@ class ReferenceFeatures:
     drop: torch.Tensor
     context: torch.Tensor
     latent_size: tuple[int, int]
+    # Read from `drop` once here: a tensor-to-bool read inside every attention layer would synchronise with the
+    # device there and break torch.compile's graph.
+    any_dropped: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.any_dropped = bool(self.drop.any())
 
     @property
     def batch_size(self) -> int:
@@ -84,7 +90,7 @@ def _attention(
     """Self-attention of `hidden_states` (B, N, C), with `extra_tokens` (B, M, C) appended to keys and values.
 
     Without extra tokens this is exactly diffusers' `AttnProcessor2_0` for 3-D inputs. `ignore_extra` (B,) bool
-    masks the extra tokens out for the flagged samples.
+    masks the extra tokens out for the flagged samples; None when no sample ignores them.
     """
     batch_size = hidden_states.shape[0]
     key_value_states = hidden_states if extra_tokens is None else torch.cat([hidden_states, extra_tokens], dim=1)
@@ -101,7 +107,7 @@ def _attention(
         key = attn.norm_k(key)
 
     attention_mask = None
-    if extra_tokens is not None and ignore_extra is not None and bool(ignore_extra.any()):
+    if extra_tokens is not None and ignore_extra is not None:
         # (B, 1, 1, N + M): True = attend. Only built when needed, so the common case keeps the fused kernels.
         attention_mask = torch.ones(batch_size, 1, 1, key.shape[2], dtype=torch.bool, device=key.device)
         attention_mask[:, :, :, hidden_states.shape[1] :] = ~ignore_extra.to(key.device).view(-1, 1, 1, 1)
@@ -179,7 +185,8 @@ class ReferenceReadProcessor:
                 f"{self.layer_name}: reference tokens {tuple(tokens.shape)} do not fit hidden states "
                 f"{tuple(hidden_states.shape)}"
             )
-        return _attention(attn, hidden_states, extra_tokens=tokens.to(hidden_states.dtype), ignore_extra=reference.drop)
+        ignore = reference.drop if reference.any_dropped else None
+        return _attention(attn, hidden_states, extra_tokens=tokens.to(hidden_states.dtype), ignore_extra=ignore)
 
 
 class ContextAttentionProcessor(AttnProcessor2_0):
