@@ -5,10 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import DDPMScheduler
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.models.layout import Task
 from rgbd_portrait.training.checkpointing import (
     CheckpointWriter,
     TrainingState,
@@ -17,9 +19,10 @@ from rgbd_portrait.training.checkpointing import (
     read_training_state,
     restore_process_rng,
 )
-from rgbd_portrait.training.config import load_config
+from rgbd_portrait.training.config import JointStageConfig, load_config
 from rgbd_portrait.training.curves import logged_stages, plot_training_curves
 from rgbd_portrait.training.ema import ExponentialMovingAverage
+from rgbd_portrait.training.joint_objective import make_diffusion_inputs
 from rgbd_portrait.training.metrics_log import MetricsLogger
 from rgbd_portrait.training.optim import (
     build_optimizer,
@@ -76,6 +79,7 @@ def test_shipped_configs_load():
         (["train.mixed_precision=fp8"], "mixed_precision"),
         (["train.joint.lr_schedule=linear"], "lr_schedule"),
         (["train.codec.batch_size=0"], "batch_size"),
+        (["train.joint.image_to_depth_terminal_fraction=1.5"], "terminal_fraction"),
         (["seed"], "key=value"),
     ],
 )
@@ -276,3 +280,27 @@ def test_training_curves_plot_every_logged_stage(tmp_path):
         assert image.format == "PNG" and image.width > image.height > 300
     with pytest.raises(FileNotFoundError, match="no stage has a training log"):
         plot_training_curves(tmp_path / "motion", tmp_path / "none.png")
+
+
+def test_terminal_fraction_moves_only_image_to_depth_samples_to_the_last_timestep():
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction", rescale_betas_zero_snr=True)
+    clean = torch.randn(512, 8, 4, 4)
+    foreground = torch.ones(512, 1, 4, 4)
+
+    def draw(fraction):
+        stage = JointStageConfig(image_to_depth_terminal_fraction=fraction)
+        return make_diffusion_inputs(
+            clean, foreground, scheduler=scheduler, stage=stage, generator=torch.Generator().manual_seed(3)
+        )
+
+    uniform, half = draw(0.0), draw(0.5)
+    assert uniform.tasks == half.tasks and torch.equal(uniform.drop_reference, half.drop_reference)
+    moved = uniform.timesteps != half.timesteps
+    assert (half.timesteps[moved] == 999).all()
+    image_to_depth = torch.tensor([task == Task.IMAGE_TO_DEPTH for task in half.tasks])
+    assert not (moved & ~image_to_depth).any()
+    share = float(moved[image_to_depth].float().mean())
+    assert 0.35 < share < 0.65
+    # At the last timestep of a zero-terminal-SNR schedule the input is pure noise and v = -x0: a regression.
+    at_end = half.timesteps == 999
+    torch.testing.assert_close(half.target[at_end], -clean[at_end])

@@ -119,6 +119,9 @@ class JointStageConfig(StageConfig):
     tasks: TaskProbabilities = field(default_factory=TaskProbabilities)
     # Probability of dropping the reference for a sample (trains the unconditional branch of guidance).
     reference_dropout: float = 0.1
+    # Fraction of image→depth samples trained at the last timestep, where one-step inference starts (pure noise
+    # under a zero-terminal-SNR schedule, so the step is a regression of depth from the image); the rest uniform.
+    image_to_depth_terminal_fraction: float = 0.0
     # Weight of background latents in the loss: 1 = plain loss everywhere, 0 = foreground only.
     background_loss_weight: float = 1.0
     # Denoising steps of the validation samples; None uses the model's default.
@@ -334,6 +337,11 @@ def check_config(config: ExperimentConfig, *, source: str = "config") -> None:
         0.0 <= joint.reference_dropout <= 1.0,
         source,
         f"train.joint.reference_dropout must be in [0, 1], got {joint.reference_dropout}",
+    )
+    _require(
+        0.0 <= joint.image_to_depth_terminal_fraction <= 1.0,
+        source,
+        f"train.joint.image_to_depth_terminal_fraction must be in [0, 1], got {joint.image_to_depth_terminal_fraction}",
     )
     _require(
         joint.background_loss_weight >= 0,

@@ -5,7 +5,9 @@ For a batch of clean latents x0 (B, 2C, h, w) the objective draws, from one seed
 * a task per sample (joint / image→depth / depth→image, with the configured probabilities),
 * a timestep per sample, uniform over the training schedule, and Gaussian noise ε,
 * a reference-dropout flag per sample (the sample then ignores its reference: the unconditional branch of
-  classifier-free guidance).
+  classifier-free guidance),
+* with `image_to_depth_terminal_fraction` > 0, which image→depth samples move to the last timestep: one-step
+  image→depth starts there, and a uniform draw lands there once in a thousand.
 
 Both modalities are noised to x_t at the sample's timestep, including a known one: the sampler does the same,
 replacing the known modality's noisy channels by the known latent noised to the current timestep, so the
@@ -86,6 +88,11 @@ def make_diffusion_inputs(
     )
     noise = torch.randn(clean.shape, generator=generator, device=device, dtype=clean.dtype)
     drop_reference = torch.rand(batch, generator=generator, device=device) < stage.reference_dropout
+    if stage.image_to_depth_terminal_fraction > 0:
+        image_to_depth = torch.tensor([task == Task.IMAGE_TO_DEPTH for task in tasks], device=device)
+        terminal = torch.rand(batch, generator=generator, device=device) < stage.image_to_depth_terminal_fraction
+        last = scheduler.config.num_train_timesteps - 1
+        timesteps = torch.where(image_to_depth & terminal, torch.full_like(timesteps, last), timesteps)
     noisy = scheduler.add_noise(clean, noise, timesteps)
     target = diffusion_target(scheduler, clean, noise, timesteps)
     masks = task_masks(tasks, batch_size=batch, height=height, width=width, device=device, dtype=clean.dtype)
