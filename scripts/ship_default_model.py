@@ -21,10 +21,14 @@ from rgbd_portrait.weights import default_model_dir
 RECORD_FOLDER = "training"
 
 
-def ship(run_dir: Path, destination: Path) -> Path:
+def ship(run_dir: Path, destination: Path, *, stage: str | None = None) -> Path:
     stages = logged_stages(run_dir)
     if not stages:
         raise SystemExit(f"{run_dir}: no trained stage found (expected <stage>/logs/train.jsonl)")
+    if stage is not None:
+        if stage not in stages:
+            raise SystemExit(f"{run_dir}: no {stage} stage (stages with logs: {', '.join(stages)})")
+        stages = stages[: stages.index(stage) + 1]
     final = run_dir / stages[-1] / "model"
     if not final.is_dir():
         raise SystemExit(f"{final}: the {stages[-1]} stage has not finished (no model folder)")
@@ -45,8 +49,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="training run folder (train.output_dir of its config)")
     parser.add_argument("--out", type=Path, default=default_model_dir(), help="default: the package's default model")
+    parser.add_argument("--stage", help="ship the model of this stage (default: the run's last)")
     args = parser.parse_args()
-    source = ship(args.run, args.out)
+    source = ship(args.run, args.out, stage=args.stage)
     size = sum(path.stat().st_size for path in args.out.rglob("*.safetensors"))
     print(f"shipped {source} → {args.out} ({size / 2**20:.1f} MiB of fp16 weights)")
 
