@@ -22,10 +22,10 @@ def _columns(relight_preset: str | None) -> list[tuple[str, str, str]]:
     """(caption, task, file in the task's result folder); task "" means a file named by the portrait record."""
     columns = [
         ("input", "", "target"),
-        ("image → depth", "image_to_depth", "depth_color.png"),
+        ("image to depth", "image_to_depth", "depth_color.png"),
         ("joint: image", "joint", "rgb.png"),
         ("joint: depth", "joint", "depth_color.png"),
-        ("depth → image", "depth_to_image", "rgb.png"),
+        ("depth to image", "depth_to_image", "rgb.png"),
     ]
     if relight_preset is not None:
         columns.append((f"relit: {relight_preset}", f"relight_{relight_preset}", "rgb.png"))
