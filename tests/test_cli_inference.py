@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from rgbd_portrait.cli import common
 from rgbd_portrait.cli.main import main
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
@@ -150,7 +151,7 @@ def _error(capsys) -> str:
     return lines[0]
 
 
-def test_bad_inputs_fail_with_one_line_and_write_nothing(model_dir, inputs, tmp_path, capsys):
+def test_bad_inputs_fail_with_one_line_and_write_nothing(model_dir, inputs, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG broken")
@@ -186,8 +187,11 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(model_dir, inputs, tmp_
     missing = tmp_path / "no-model"
     assert main(["depth", str(inputs / "a.png"), "--out", str(out), "--model", str(missing)]) == 2
     assert f"{missing}: model folder not found" in _error(capsys)
+    # Without --model the shipped default is used; where a package has none, the error says what to pass.
+    monkeypatch.setattr(common, "default_model_dir", lambda: tmp_path / "no-default")
     assert main(["depth", str(inputs / "a.png"), "--out", str(out)]) == 2
-    assert "pass --model" in _error(capsys)
+    message = _error(capsys)
+    assert "no default model is installed" in message and "pass --model" in message
     assert not out.exists()
 
 
