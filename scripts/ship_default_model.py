@@ -16,6 +16,7 @@ import torch
 
 from rgbd_portrait.models import RGBDPortraitModel
 from rgbd_portrait.training.curves import CURVES_NAME, logged_stages, plot_training_curves
+from rgbd_portrait.training.trainer import RunFolders
 from rgbd_portrait.weights import default_model_dir
 
 RECORD_FOLDER = "training"
@@ -29,7 +30,7 @@ def ship(run_dir: Path, destination: Path, *, stage: str | None = None) -> Path:
         if stage not in stages:
             raise SystemExit(f"{run_dir}: no {stage} stage (stages with logs: {', '.join(stages)})")
         stages = stages[: stages.index(stage) + 1]
-    final = run_dir / stages[-1] / "model"
+    final = RunFolders(run_dir).final_model(stages[-1])
     if not final.is_dir():
         raise SystemExit(f"{final}: the {stages[-1]} stage has not finished (no model folder)")
     model = RGBDPortraitModel.from_pretrained(final)

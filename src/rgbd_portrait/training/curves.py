@@ -11,24 +11,18 @@ of every stage.
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from rgbd_portrait.files import write_bytes_atomically
+from rgbd_portrait.training.metrics_log import read_log_rows
 
 # The stage folders a run can hold, in training order (see `trainer.RunFolders`).
 STAGE_ORDER = ("codec", "joint", "motion")
 CURVES_NAME = "training_curves.png"
 SMOOTHING_ROWS = 10
-
-
-def _read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _moving_average(values: np.ndarray, width: int) -> np.ndarray:
@@ -57,7 +51,7 @@ def plot_training_curves(run_dir: str | os.PathLike, out: str | os.PathLike) -> 
     figure, axes = plt.subplots(2, len(stages), figsize=(4.6 * len(stages), 6.4), squeeze=False)
     for column, stage in enumerate(stages):
         logs = run_dir / stage / "logs"
-        train = _read_rows(logs / "train.jsonl")
+        train = read_log_rows(logs / "train.jsonl")
         steps = np.array([row["step"] for row in train])
         loss = np.array([row["loss"] for row in train], dtype=float)
         top = axes[0, column]
@@ -70,7 +64,7 @@ def plot_training_curves(run_dir: str | os.PathLike, out: str | os.PathLike) -> 
         top.grid(alpha=0.3)
 
         bottom = axes[1, column]
-        validation = _read_rows(logs / "validation.jsonl")
+        validation = read_log_rows(logs / "validation.jsonl")
         names = [key for key in dict.fromkeys(key for row in validation for key in row) if key != "step"]
         # PSNR (dB, higher is better) gets its own axis on the right; errors and losses share the left one.
         decibels = bottom.twinx() if any("psnr" in name for name in names) else None

@@ -17,6 +17,14 @@ from typing import Any
 from rgbd_portrait.files import write_bytes_atomically
 
 
+def read_log_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of one `<kind>.jsonl` log file; none when it does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 class MetricsLogger:
     def __init__(self, directory: str | os.PathLike, *, resume_step: int = 0):
         self.directory = Path(directory)
@@ -30,10 +38,7 @@ class MetricsLogger:
             self._tensorboard = SummaryWriter(str(self.directory / "tensorboard"), purge_step=resume_step + 1)
 
     def read(self, kind: str) -> list[dict[str, Any]]:
-        path = self.directory / f"{kind}.jsonl"
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_log_rows(self.directory / f"{kind}.jsonl")
 
     def _write_all(self, kind: str, rows: list[dict[str, Any]]) -> None:
         columns = list(dict.fromkeys(key for row in rows for key in row))
