@@ -4,9 +4,12 @@ Maps are channels-first torch tensors with any leading batch dimensions: images 
 camera-space unit normals (..., 3, H, W) (zero where undefined, as `normals_from_depth` leaves them), masks
 (..., H, W). Shading follows `rgbd_portrait.geometry.shading`: an image is albedo × shading.
 
-The model is Lambertian with a constant albedo, so the original lighting is a least-squares fit of 9
-spherical-harmonic coefficients per colour channel (optionally reweighted to ignore cast shadows and
-highlights, which the model cannot explain). A single image cannot separate the albedo's brightness from
+The model is Lambertian with a piecewise-constant albedo: the original lighting is a least-squares fit of
+9 spherical-harmonic coefficients per colour channel to the image divided by an albedo of a few flat regions
+(skin, hair, eyes, clothing), found by alternating the fit with a k-means clustering of image / shading in log
+colour space (the fit on the raw image would bend towards dark hair and bright clothing as if they were
+shadow and light). The fit is optionally reweighted to ignore cast shadows and highlights, which the model
+cannot explain. A single image cannot separate the albedo's brightness from
 the light's strength, so the estimated light is assumed to be as strong as the new one, strength meaning
 the peak shading over the subject's normals: relighting moves the light and keeps the brightest lit point
 as bright. The input's overall colour stays in the albedo. With the original light known (e.g. a synthetic
@@ -38,6 +41,16 @@ DEFAULT_AMBIENT = 0.2
 # Below this fraction of the peak, shading is too dark to divide by reliably (terminator, deep shadow).
 DEFAULT_MIN_SHADING_FRACTION = 0.05
 ROBUST_ITERATIONS = 3
+# Albedo regions of a portrait (skin, hair, eyes or lips, clothing); more start to absorb shading as albedo.
+DEFAULT_ALBEDO_CLUSTERS = 4
+ALBEDO_ROUNDS = 4
+KMEANS_ITERATIONS = 15
+# Albedo regions are found where the fitted shading reaches this fraction of its peak: near the terminator the
+# 9-term fit is least exact, and dividing by it would make shading errors look like a region of their own.
+LIT_FRACTION = 0.3
+# Regions whose log colours lie closer than this (a brightness ratio of 1.65) are one: the albedo regions of a
+# portrait (skin, hair, clothing) differ by more, the pieces a shading misfit splits off by less.
+MERGE_DISTANCE = 0.5
 # Tukey's biweight constant (95 % efficiency for Gaussian residuals) and MAD → standard deviation.
 _TUKEY_C = 4.685
 _MAD_TO_SIGMA = 1.4826
@@ -153,24 +166,8 @@ def _weighted_sh_fit(basis: torch.Tensor, values: torch.Tensor, weights: torch.T
     return torch.linalg.solve(gram, weighted.transpose(-1, -2) @ values)
 
 
-def estimate_sh_lighting(
-    image: torch.Tensor,
-    normals: torch.Tensor,
-    *,
-    mask: torch.Tensor | None = None,
-    robust: bool = True,
-) -> torch.Tensor:
-    """Least-squares SH lighting (..., 9, 3) that, through `shade_sh`, best reproduces the image.
-
-    Under the constant-albedo assumption the coefficients absorb the albedo: `shade_sh(n, L)` is the image's
-    smooth shading layer, in image units. `robust` reweights pixels by Tukey's biweight of their residual
-    (a few iterations), so cast shadows and highlights do not bend the fit.
-    """
-    region = _fit_region(normals, mask)
-    # float64: the normal equations of a hemisphere of normals are poorly conditioned
-    basis = lambert_sh_basis(normals.movedim(-3, -1).to(torch.float64)).flatten(-3, -2)
-    values = image.movedim(-3, -1).to(torch.float64).flatten(-3, -2)
-    inside = region.flatten(-2).to(torch.float64)
+def _robust_sh_fit(basis: torch.Tensor, values: torch.Tensor, inside: torch.Tensor, *, robust: bool) -> torch.Tensor:
+    """`_weighted_sh_fit` on the `inside` pixels, reweighted by Tukey's biweight of the residuals if `robust`."""
     coefficients = _weighted_sh_fit(basis, values, inside)
     for _ in range(ROBUST_ITERATIONS if robust else 0):
         residual = (values - basis @ coefficients).mean(dim=-1)
@@ -179,6 +176,92 @@ def estimate_sh_lighting(
         normalized = residual / (_TUKEY_C * scale[..., None])
         weights = inside * ((1.0 - normalized**2).clamp_min(0.0) ** 2)
         coefficients = _weighted_sh_fit(basis, values, weights)
+    return coefficients
+
+
+def _cluster_centres(points: torch.Tensor, clusters: int) -> torch.Tensor:
+    """Centres (K', 3) of points (P, 3): k-means with median centres, started at luminance quantiles, then
+    centres closer than `MERGE_DISTANCE` merged (K' ≤ `clusters`), so a flat albedo stays one region."""
+    order = points.mean(dim=-1).argsort()
+    picks = torch.linspace(0, len(points) - 1, clusters, device=points.device).round().long()
+    centres = points[order[picks]].clone()
+    labels = torch.cdist(points, centres).argmin(dim=-1)
+    for _ in range(KMEANS_ITERATIONS):
+        for cluster in range(len(centres)):
+            members = points[labels == cluster]
+            if len(members):
+                centres[cluster] = members.median(dim=0).values
+        updated = torch.cdist(points, centres).argmin(dim=-1)
+        if torch.equal(updated, labels):
+            break
+        labels = updated
+    while len(centres) > 1:
+        distances = torch.cdist(centres, centres).fill_diagonal_(torch.inf)
+        nearest = int(distances.argmin())
+        first, second = divmod(nearest, len(centres))
+        if distances[first, second] >= MERGE_DISTANCE:
+            break
+        labels = torch.where(labels == second, first, labels)
+        centres[first] = points[labels == first].median(dim=0).values
+        keep = torch.arange(len(centres), device=centres.device) != second
+        centres, labels = centres[keep], labels - (labels > second).long()
+    return centres
+
+
+def _piecewise_constant_albedo(
+    ratio: torch.Tensor, inside: torch.Tensor, lit: torch.Tensor, clusters: int
+) -> torch.Tensor:
+    """Albedo (..., P, 3) of `clusters` flat regions from image / shading ratios (..., P, 3), relative to the largest.
+
+    The regions are found on the `lit` pixels (..., P), where a small misfit of the shading is a small error of
+    the ratio; every other pixel inside joins the region of the nearest centre.
+    """
+    shape = ratio.shape
+    ratio, inside, lit = ratio.reshape(-1, *shape[-2:]), inside.reshape(-1, shape[-2]) > 0, lit.reshape(-1, shape[-2])
+    albedo = torch.ones_like(ratio)
+    for image in range(len(ratio)):
+        region = inside[image]
+        sample = region & lit[image]
+        sample = sample if sample.sum() >= clusters else region
+        log_ratio = ratio[image].clamp_min(1e-6).log()
+        centres = _cluster_centres(log_ratio[sample], min(clusters, int(sample.sum())))
+        labels = torch.cdist(log_ratio[region], centres).argmin(dim=-1)
+        # Relative to the largest region (a portrait's skin), which therefore keeps its colour in the fit.
+        albedo[image, region] = (centres[labels] - centres[labels.bincount().argmax()]).exp()
+    return albedo.reshape(shape)
+
+
+def estimate_sh_lighting(
+    image: torch.Tensor,
+    normals: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    robust: bool = True,
+    albedo_clusters: int = DEFAULT_ALBEDO_CLUSTERS,
+) -> torch.Tensor:
+    """Least-squares SH lighting (..., 9, 3) that, through `shade_sh`, best reproduces the image.
+
+    The coefficients absorb an albedo: `shade_sh(n, L)` is the image's smooth shading layer times the colour of
+    the largest albedo region (a portrait's skin; with one region, the subject's mean colour), in image units. With `albedo_clusters` > 1 the fit divides the image by an albedo of
+    that many flat regions, re-estimated from the fit's shading in a few rounds (1: a constant albedo).
+    `robust` reweights pixels by Tukey's biweight of their residual (a few iterations), so cast shadows and
+    highlights do not bend the fit.
+    """
+    if albedo_clusters < 1:
+        raise ValueError(f"albedo_clusters must be at least 1, got {albedo_clusters}")
+    region = _fit_region(normals, mask)
+    # float64: the normal equations of a hemisphere of normals are poorly conditioned
+    basis = lambert_sh_basis(normals.movedim(-3, -1).to(torch.float64)).flatten(-3, -2)
+    values = image.movedim(-3, -1).to(torch.float64).flatten(-3, -2)
+    inside = region.flatten(-2).to(torch.float64)
+    coefficients = _robust_sh_fit(basis, values, inside, robust=robust)
+    for _ in range(ALBEDO_ROUNDS if albedo_clusters > 1 else 0):
+        shading = basis @ coefficients
+        peak = torch.where(inside[..., None] > 0, shading, torch.full_like(shading, -torch.inf)).amax(dim=-2)
+        floor = (DEFAULT_MIN_SHADING_FRACTION * peak).clamp_min(1e-6)[..., None, :]
+        lit = (shading >= LIT_FRACTION * peak[..., None, :]).all(dim=-1)
+        albedo = _piecewise_constant_albedo(values / torch.maximum(shading, floor), inside, lit, albedo_clusters)
+        coefficients = _robust_sh_fit(basis, values / albedo, inside, robust=robust)
     return coefficients.to(image.dtype)
 
 
@@ -214,6 +297,7 @@ def relight(
     mask: torch.Tensor | None = None,
     original_light: Lighting | DirectionalLight | str | torch.Tensor | None = None,
     robust: bool = True,
+    albedo_clusters: int = DEFAULT_ALBEDO_CLUSTERS,
     min_shading_fraction: float = DEFAULT_MIN_SHADING_FRACTION,
     srgb: bool = True,
 ) -> RelightingResult:
@@ -230,7 +314,7 @@ def relight(
     region = _fit_region(normals, mask)
     new_shading = resolve_lighting(light).shade(normals).to(image.dtype)
     if original_light is None:
-        coefficients = estimate_sh_lighting(image, normals, mask=region, robust=robust)
+        coefficients = estimate_sh_lighting(image, normals, mask=region, robust=robust, albedo_clusters=albedo_clusters)
         fitted = sh_shading(normals, coefficients)
         fitted_peak = _peak(fitted, region).clamp_min(1e-6)
         new_peak = _peak(new_shading, region).mean(dim=-1, keepdim=True)
