@@ -111,6 +111,31 @@ def test_predict_depth_ensembles_once_per_call_and_maps_back(pipe, reference_net
     _check_normals(out.normals[0])
 
 
+def test_every_second_ensemble_member_sees_the_mirror_image(pipe, monkeypatch):
+    known = []
+    sample = pipe._sample
+
+    def spy(**options):
+        known.append(options["known_rgb"].clone())
+        return sample(**options)
+
+    # Whatever the latents, each member decodes to the same depth, rising to the right and not affine in the
+    # column (a mirrored ramp would be one after alignment): mirrored back, the pair is symmetric.
+    ramp = (torch.linspace(0.0, 1.0, SIDE) ** 2 * 2.0 - 1.0).expand(1, 1, SIDE, SIDE)
+    monkeypatch.setattr(pipe, "_sample", spy)
+    monkeypatch.setattr(pipe.model.codec, "decode_depth", lambda latents: ramp.expand(len(latents), -1, -1, -1))
+    square = _image(SIDE, SIDE)
+    out = pipe.predict_depth([square, _image(SIDE, SIDE, seed=3)], ensemble_size=2, output_type="pt", **FAST)
+    members = known[0]
+    assert members.shape == (4, 3, SIDE, SIDE)
+    torch.testing.assert_close(members[1], members[0].flip(-1))
+    torch.testing.assert_close(members[3], members[2].flip(-1))
+    assert not torch.equal(members[0], members[2])
+    depth = out.depth[0][0]
+    torch.testing.assert_close(depth, depth.flip(-1), atol=1e-5, rtol=0)
+    assert depth.max() - depth.min() > 0.5 and out.uncertainty[0].max() > 0.05
+
+
 def test_channel_inpainting_and_training_free_variants_condition_differently(pipe, monkeypatch):
     seen_masks = []
     original = pipe.model.denoise

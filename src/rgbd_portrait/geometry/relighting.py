@@ -241,11 +241,12 @@ def estimate_sh_lighting(
 ) -> torch.Tensor:
     """Least-squares SH lighting (..., 9, 3) that, through `shade_sh`, best reproduces the image.
 
-    The coefficients absorb an albedo: `shade_sh(n, L)` is the image's smooth shading layer times the colour of
-    the largest albedo region (a portrait's skin; with one region, the subject's mean colour), in image units. With `albedo_clusters` > 1 the fit divides the image by an albedo of
-    that many flat regions, re-estimated from the fit's shading in a few rounds (1: a constant albedo).
-    `robust` reweights pixels by Tukey's biweight of their residual (a few iterations), so cast shadows and
-    highlights do not bend the fit.
+    The coefficients absorb an albedo: `shade_sh(n, L)` is the image's smooth shading layer times the colour
+    of the largest albedo region (a portrait's skin; with one region, the subject's mean colour), in image
+    units. With `albedo_clusters` > 1 the fit divides the image by an albedo of at most that many flat
+    regions, re-estimated from the fit's shading in a few rounds (1: a constant albedo). `robust` reweights
+    pixels by Tukey's biweight of their residual (a few iterations), so cast shadows and highlights do not
+    bend the fit.
     """
     if albedo_clusters < 1:
         raise ValueError(f"albedo_clusters must be at least 1, got {albedo_clusters}")

@@ -3,7 +3,7 @@
 Several predictions of the same image (different noise) agree only up to a scale and a shift. Each member is
 aligned to the pixel-wise median of the members by a least-squares scale and shift on the mask; the median is
 then recomputed from the aligned members, and a few rounds settle it. The ensemble is the median of the
-aligned members, rescaled so that its range on the mask is [0, 1]; the uncertainty is their median absolute
+aligned members (for an even count the mean of the middle two, so two members average), rescaled so that its range on the mask is [0, 1]; the uncertainty is their median absolute
 deviation from it, in the same units.
 """
 
@@ -17,6 +17,12 @@ from rgbd_portrait.evaluation.metrics import align_scale_shift
 ALIGNMENT_ROUNDS = 3
 # Below this range the ensemble is flat and is returned as zeros rather than amplified noise.
 MIN_RANGE = 1e-6
+
+
+def _median(values: torch.Tensor) -> torch.Tensor:
+    """The median over the first axis, the mean of the two middle values for an even count (`Tensor.median`
+    takes the lower one, which for two members would be their minimum)."""
+    return torch.quantile(values, 0.5, dim=0)
 
 
 def ensemble_depth(
@@ -40,11 +46,11 @@ def ensemble_depth(
     aligned = depths
     if count > 1:
         for _ in range(rounds):
-            target = aligned.median(dim=0).values
+            target = _median(aligned)
             fit = align_scale_shift(depths, target.expand_as(depths), valid.expand_as(depths))
             aligned = fit.aligned.to(depths.dtype)
-    prediction = aligned.median(dim=0).values
-    uncertainty = (aligned - prediction).abs().median(dim=0).values
+    prediction = _median(aligned)
+    uncertainty = _median((aligned - prediction).abs())
 
     low, high = prediction[valid].min(), prediction[valid].max()
     span = high - low
