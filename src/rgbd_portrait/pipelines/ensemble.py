@@ -1,9 +1,10 @@
 """Test-time ensembling of affine-invariant depth predictions (Marigold's convention).
 
-Several predictions of the same image (different noise) agree only up to a scale and a shift. Each member is
-aligned to the pixel-wise median of the members by a least-squares scale and shift on the mask; the median is
-then recomputed from the aligned members, and a few rounds settle it. The ensemble is the median of the
-aligned members (for an even count the mean of the middle two, so two members average), rescaled so that its range on the mask is [0, 1]; the uncertainty is their median absolute
+Several predictions of the same image (different noise, or its mirror image mirrored back) agree only up to a
+scale and a shift. Each member is aligned to the pixel-wise median of the members by a least-squares scale
+and shift on the mask; the median is then recomputed from the aligned members, and a few rounds settle it.
+The ensemble is the median of the aligned members (for an even count the mean of the middle two, so two
+members average), rescaled so that its range on the mask is [0, 1]; the uncertainty is their median absolute
 deviation from it, in the same units.
 """
 
