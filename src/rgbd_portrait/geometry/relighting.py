@@ -211,7 +211,8 @@ def _cluster_centres(points: torch.Tensor, clusters: int) -> torch.Tensor:
 def _piecewise_constant_albedo(
     ratio: torch.Tensor, inside: torch.Tensor, lit: torch.Tensor, clusters: int
 ) -> torch.Tensor:
-    """Albedo (..., P, 3) of `clusters` flat regions from image / shading ratios (..., P, 3), relative to the largest.
+    """Albedo (..., P, 3) of at most `clusters` flat regions from image / shading ratios (..., P, 3), relative to
+    the largest.
 
     The regions are found on the `lit` pixels (..., P), where a small misfit of the shading is a small error of
     the ratio; every other pixel inside joins the region of the nearest centre.
