@@ -106,6 +106,31 @@ def test_resume_continues_the_loss_trajectory_exactly(tmp_path, data_root, monke
     assert checkpoints == ["checkpoint-00000003", "checkpoint-00000006"]
 
 
+def test_a_run_stopped_before_its_first_log_row_can_end_at_its_checkpoint(tmp_path, data_root, monkeypatch):
+    section = {"stages": ["joint"], "log_every": 10, "joint": {"max_steps": 6, "batch_size": 2, "checkpoint_every": 3}}
+    original_loss = stages.JointRecipe.loss
+    calls = []
+
+    def killed_in_step_four(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return original_loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(stages.JointRecipe, "loss", killed_in_step_four)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, data_root, train=section), show_progress=False)
+    monkeypatch.setattr(stages.JointRecipe, "loss", original_loss)
+    assert not (tmp_path / "run" / "joint" / "logs" / "train.jsonl").exists()
+    # Resumed with max_steps at the checkpoint's step: nothing left to train, the final model is written all the same.
+    overrides = ["train.resume=latest", "train.joint.max_steps=3"]
+    final = train(_config(tmp_path, data_root, train=section, overrides=overrides), show_progress=False)
+    assert len(calls) == 4
+    checkpoint = tmp_path / "run" / "joint" / "checkpoints" / "checkpoint-00000003" / "model"
+    weights = [load_file(folder / "backbone" / "diffusion_pytorch_model.safetensors") for folder in (final, checkpoint)]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
 def test_latent_cache_gives_the_same_training(tmp_path, data_root):
     runs = {}
     for cached in (False, True):

@@ -45,7 +45,7 @@ from rgbd_portrait.training.checkpointing import (
     restore_process_rng,
 )
 from rgbd_portrait.training.config import STAGES, ExperimentConfig, config_to_yaml
-from rgbd_portrait.training.curves import CURVES_NAME, plot_training_curves
+from rgbd_portrait.training.curves import CURVES_NAME, logged_stages, plot_training_curves
 from rgbd_portrait.training.data import (
     LatentSamples,
     PixelSamples,
@@ -498,7 +498,8 @@ class Trainer:
                     logger.log("final", state.step, finishing)
                 model.save_pretrained(final, overwrite=True)
             logger.close()
-            plot_training_curves(folders.root, folders.root / CURVES_NAME)
+            if logged_stages(folders.root):  # none when a run resumed at its last step has logged nothing yet
+                plot_training_curves(folders.root, folders.root / CURVES_NAME)
         self._barrier()
         accelerator.free_memory()
         return final
