@@ -101,3 +101,21 @@ def test_clip_inputs_share_a_timestep_per_clip_and_give_motion_frames():
     weights = inputs.loss_weights.view(64, 5, -1)
     assert (weights[given] == 0).all() and (weights[~given] == 1).all()
     assert torch.equal(inputs.known, clean.flatten(0, 1))
+
+
+def test_dynamic_loss_weight_favours_the_cells_that_change():
+    scheduler = DDPMScheduler(prediction_type="v_prediction")
+    plain = dataclasses.replace(MotionStageConfig(), clip_frames=4, motion_frames=0, motion_frames_dropout=0.0)
+    weighted = dataclasses.replace(plain, dynamic_loss_weight=3.0)
+    clean = torch.zeros(2, 4, 8, 4, 4)
+    clean[0, :, :, 1, 2] = torch.arange(4.0).view(4, 1)  # one cell of the first clip moves; the second is still
+    foreground = torch.ones(2, 4, 1, 4, 4)
+    draw = lambda stage: make_clip_inputs(
+        clean, foreground, scheduler=scheduler, stage=stage, generator=torch.Generator().manual_seed(0)
+    )
+    assert (draw(plain).loss_weights == 1).all()
+    weights = draw(weighted).loss_weights.view(2, 4, 8, 4, 4)
+    assert (weights[1] == 1).all()  # a still clip keeps the plain weights
+    moving = weights[0, :, :, 1, 2]
+    assert (moving > 1).all() and torch.allclose(weights[0].mean(), torch.tensor(4.0))  # 1 + 3 on average
+    assert torch.allclose(weights[0].sum(dim=(2, 3)) - moving, torch.full((4, 8), 15.0))

@@ -15,7 +15,9 @@ For a batch of B clips of F frames the objective draws, from one seeded generato
 * per-condition dropout for guidance: the reference with `reference_dropout`, the audio with `audio_dropout`,
   and both with `condition_dropout` (the unconditional branch of `rgbd_portrait.pipelines.animate`).
 
-The loss is the joint stage's weighted MSE (ε, v or x0 target) over the generated frames.
+The loss is the joint stage's weighted MSE (ε, v or x0 target) over the generated frames, optionally weighted
+up where the clip changes (`dynamic_loss_weight`): the mouth covers a few latent cells of a mostly still head,
+so its share of a plain loss is small.
 """
 
 from __future__ import annotations
@@ -164,6 +166,8 @@ def make_clip_inputs(
     masks[given] = 1.0
     background = stage.background_loss_weight
     spatial = background + (1.0 - background) * foreground.flatten(0, 1).to(flat.dtype)
+    if stage.dynamic_loss_weight:
+        spatial = spatial * (1.0 + stage.dynamic_loss_weight * clip_change(clean).flatten(0, 1))
     loss_weights = (~given).to(flat.dtype).view(-1, 1, 1, 1) * spatial.expand_as(flat)
     return ClipInputs(
         noisy=scheduler.add_noise(flat, noise, timesteps),
@@ -175,6 +179,13 @@ def make_clip_inputs(
         target=diffusion_target(scheduler, flat, noise, timesteps),
         loss_weights=loss_weights,
     )
+
+
+def clip_change(clean: torch.Tensor) -> torch.Tensor:
+    """How much each latent cell of a clip (B, F, C, h, w) departs from the clip's mean, relative to the clip's
+    average departure: (B, F, 1, h, w), mean 1 per clip (0 for a still clip)."""
+    departure = (clean - clean.mean(dim=1, keepdim=True)).abs().mean(dim=2, keepdim=True)
+    return departure / departure.mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-6)
 
 
 class ClipSamples(Dataset):
