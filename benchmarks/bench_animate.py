@@ -13,11 +13,17 @@ seed): each sequence's first frame is the reference and its audio drives the ani
   measured as the mean depth of a mouth region: the pixels whose true depth follows the true jaw opening most
   closely (the top `MOUTH_FRACTION` by correlation, from the sequence's `jaw_open`). The same region is read in
   the generated depth. The true sequence's own correlation is the reference value. The generated head may move
-  differently from the true one, which this fixed region does not follow: a lower bound of the model's lip sync.
+  differently from the true one, which this fixed region does not follow, so it can miss the generated mouth.
 * Temporal stability: the mean frame-to-frame change of depth (per-frame normalised to [0, 1]), generated over
   true (1 = as steady as the real motion; much above 1 = flicker).
-* Per-frame depth error against the true depth is not reported: the generated head's pose is free (only the
-  reference and the audio condition it), so the true depth of a frame is not the depth it should have.
+* Mouth sheet (a PNG beside the report): per sequence, its quietest and loudest frames after the first
+  window, true RGB over generated RGB and depth, to see what the fixed-region number cannot (a mouth that opens
+  where the generated face has it).
+* Per-frame depth error: AbsRel of each generated frame's depth against the true frame's, after a per-frame
+  scale and shift (as image→depth is scored), on the true head. The pose is known only at frame 0, the
+  reference's own frame; later the generated head moves freely (only the reference and the audio condition
+  it), so the mean over frames also counts pose differences. For scale, the first true frame held still
+  scores what a perfect but motionless head would.
 
 Speed and scaling: frames per second with the model's default steps and guidance on one window, and, in a fresh
 process per length (so peak memory is per run), the time and peak resident memory of animating 1–8 s of audio
@@ -31,7 +37,6 @@ import copy
 import json
 import os
 import platform
-import resource
 import shlex
 import shutil
 import statistics
@@ -45,20 +50,24 @@ import numpy as np
 import soundfile
 import torch
 
+from benchmark_support import process_status_bytes
 from rgbd_portrait.data.audio import AudioTrack, load_audio
 from rgbd_portrait.data.depth_normalization import normalize_depth, to_unit_range
-from rgbd_portrait.data.image_io import write_rgb_png
-from rgbd_portrait.data.sample_format import read_meta, read_sample, sequence_frames
+from rgbd_portrait.data.image_io import colorize_depth, write_rgb_png
+from rgbd_portrait.data.sample_format import PortraitSample, read_meta, read_sample, sequence_frames
 from rgbd_portrait.data.sequence_dataset import find_sequences
 from rgbd_portrait.data.synth import render_dataset, synthesize_speech
+from rgbd_portrait.evaluation.metrics import depth_metrics
 from rgbd_portrait.files import write_bytes_atomically
 from rgbd_portrait.models import RGBDPortraitModel
 from rgbd_portrait.pipelines import RGBDPortraitPipeline
 from rgbd_portrait.pipelines.animate import iter_animation, prepare_animation
 from rgbd_portrait.training import load_config
 from rgbd_portrait.training.motion_stage import MotionRecipe
+from rgbd_portrait.training.validation import write_grid
 
 MOUTH_FRACTION = 0.005  # of the pixels on the head in every frame
+SHEET_FRAMES = 3  # quietest and loudest frames shown per sequence
 BENCHMARK_SEED = 12345  # identities of another seed than the training data's (0)
 SCALING_SECONDS = (1.0, 2.0, 4.0, 8.0)
 
@@ -75,13 +84,28 @@ def loudness(track: AudioTrack, fps: float, frames: int) -> np.ndarray:
     return np.array([np.sqrt(np.mean(track.samples[start:end] ** 2)) for start, end in zip(edges[:-1], edges[1:])])
 
 
-def true_unit_depth(sequence: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame normalised depth (T, H, W) in [0, 1] and the pixels on the head in every frame (H, W)."""
-    samples = [read_sample(frame, extras=False) for frame in sequence_frames(sequence)]
+def true_depth_and_masks(samples: list[PortraitSample]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frames' depth and head masks, (T, 1, H, W) each."""
     depth = torch.from_numpy(np.stack([sample.depth for sample in samples]))[:, None]
-    mask = torch.from_numpy(np.stack([sample.mask for sample in samples]))[:, None]
+    return depth, torch.from_numpy(np.stack([sample.mask for sample in samples]))[:, None]
+
+
+def true_unit_depth(samples: list[PortraitSample]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame normalised depth (T, H, W) in [0, 1] and the pixels on the head in every frame (H, W)."""
+    depth, mask = true_depth_and_masks(samples)
     normalized, _, _ = normalize_depth(depth, mask)
     return to_unit_range(normalized)[:, 0].numpy(), mask[:, 0].numpy().all(axis=0)
+
+
+def depth_errors(generated: np.ndarray, samples: list[PortraitSample]) -> tuple[np.ndarray, np.ndarray]:
+    """AbsRel per frame of the generated depth (T, H, W), and of the first true frame held still, each mapped by
+    scale and shift onto the true frame's depth on its head."""
+    depth, mask = true_depth_and_masks(samples)
+    still = depth[:1].expand_as(depth)
+    return tuple(
+        depth_metrics(guess, depth, mask)["abs_rel"].flatten().numpy()
+        for guess in (torch.from_numpy(generated)[:, None], still)
+    )
 
 
 def mouth_region(depth: np.ndarray, head: np.ndarray, jaw_open: np.ndarray) -> np.ndarray:
@@ -94,6 +118,10 @@ def mouth_region(depth: np.ndarray, head: np.ndarray, jaw_open: np.ndarray) -> n
     region = np.zeros(head.size, dtype=bool)
     region[np.flatnonzero(head)[np.argsort(scores)[-count:]]] = True
     return region.reshape(head.shape)
+
+
+def mouth_sheet_path(report: str) -> Path:
+    return Path(report).with_name(Path(report).stem + "_mouth.png")
 
 
 def frame_change(depth: np.ndarray) -> float:
@@ -112,33 +140,48 @@ def build_model(args: argparse.Namespace) -> RGBDPortraitModel:
 
 def animate_sequence(pipeline: RGBDPortraitPipeline, sequence: Path, *, steps: int, folder: Path) -> dict:
     meta = read_meta(sequence)
-    true_depth, head = true_unit_depth(sequence)
+    samples = [read_sample(frame, extras=False) for frame in sequence_frames(sequence)]
+    true_depth, head = true_unit_depth(samples)
     reference = folder / f"{sequence.name}_reference.png"
-    write_rgb_png(reference, read_sample(sequence_frames(sequence)[0], extras=False).rgb)
+    write_rgb_png(reference, samples[0].rgb)
     prepared = prepare_animation(pipeline, reference, sequence / meta["audio"], fps=meta["fps"])
     frames = min(prepared.frame_count, len(true_depth))
-    generated = np.concatenate(
-        [
-            chunk.depth[:, 0].numpy()
-            for chunk in iter_animation(
-                pipeline,
-                prepared,
-                num_inference_steps=steps,
-                generator=torch.Generator().manual_seed(0),
-                show_progress=False,
-            )
-        ]
-    )[:frames]
+    chunks = list(
+        iter_animation(
+            pipeline,
+            prepared,
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(0),
+            show_progress=False,
+        )
+    )
+    generated = np.concatenate([chunk.depth[:, 0].numpy() for chunk in chunks])[:frames]
+    generated_rgb = torch.cat([chunk.rgb for chunk in chunks])[:frames]
     true_depth = true_depth[:frames]
     region = mouth_region(true_depth, head, np.asarray(meta["jaw_open"][:frames]))
     envelope = loudness(prepared.audio, prepared.fps, frames)
+    # From the second window on, so that every frame shown was generated after motion frames.
+    later = min(pipeline.model.motion.config.window_frames, frames - 2 * SHEET_FRAMES)
+    by_loudness = later + np.argsort(envelope[later:])
+    shown = [*by_loudness[:SHEET_FRAMES], *by_loudness[-SHEET_FRAMES:]]
+    true_rgb = [samples[index].rgb for index in shown]
+    sheet_rows = [
+        [
+            (f"{'quiet' if n < SHEET_FRAMES else 'loud'}, frame {index}", image)
+            for n, (index, image) in enumerate(zip(shown, true_rgb))
+        ],
+        [("generated", generated_rgb[index].permute(1, 2, 0).numpy()) for index in shown],
+        [("depth", colorize_depth(generated[index])) for index in shown],
+    ]
     return {
+        "sheet_rows": sheet_rows,
         "sequence": sequence.name,
         "frames": frames,
         "true_sync": correlation(envelope, true_depth[:, region].mean(axis=1)),
         "generated_sync": correlation(envelope, generated[:, region].mean(axis=1)),
         "true_change": frame_change(true_depth),
         "generated_change": frame_change(generated),
+        "depth_errors": depth_errors(generated, samples[:frames]),
     }
 
 
@@ -158,7 +201,7 @@ def child_main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     pipeline = RGBDPortraitPipeline.from_pretrained(args.model)
     seconds, frames = measure_speed(pipeline, args.reference, args.audio, seconds=args.measure_seconds, steps=1)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+    peak_mb = process_status_bytes("VmHWM") / 2**20
     print(json.dumps({"seconds": seconds, "frames": frames, "peak_mb": peak_mb}))
     return 0
 
@@ -247,6 +290,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str] | None, work: Path) 
     quality = [
         animate_sequence(pipeline, sequence, steps=args.quality_steps, folder=work) for sequence in find_sequences(data)
     ]
+    sheet = write_grid(mouth_sheet_path(args.out), [row for item in quality for row in item.pop("sheet_rows")])
 
     # Speed at the model's defaults, on one window.
     reference = work / f"{Path(quality[0]['sequence']).name}_reference.png"
@@ -272,7 +316,8 @@ def run_benchmark(args: argparse.Namespace, argv: list[str] | None, work: Path) 
     duration = load_audio(long_audio).seconds
     rows = [
         f"| {item['sequence']} | {item['frames']} | {item['true_sync']:.2f} | {item['generated_sync']:.2f} | "
-        f"{item['generated_change'] / max(item['true_change'], 1e-12):.2f} |"
+        f"{item['generated_change'] / max(item['true_change'], 1e-12):.2f} | {item['depth_errors'][0][0]:.4f} | "
+        f"{item['depth_errors'][0].mean():.4f} | {item['depth_errors'][1].mean():.4f} |"
         for item in quality
     ]
     per_frame = [item["seconds"] / item["frames"] for item in scaling]
@@ -293,8 +338,15 @@ def run_benchmark(args: argparse.Namespace, argv: list[str] | None, work: Path) 
             "Lip sync: correlation of the audio loudness with the mouth opening read from depth (true: the "
             "rendered sequence itself). Stability: frame-to-frame depth change, generated over true.",
             "",
-            "| sequence | frames | lip sync, true | lip sync, generated | depth change, generated / true |",
-            "|---|---:|---:|---:|---:|",
+            f"Mouth sheet: [`{sheet.name}`]({sheet.name}), each sequence's {SHEET_FRAMES} quietest and "
+            f"{SHEET_FRAMES} loudest frames after the first window (true RGB, generated RGB, generated depth).",
+            "",
+            "Depth AbsRel: at frame 0 (the reference's pose) and over all frames; the first true frame held still "
+            "for comparison.",
+            "",
+            "| sequence | frames | lip sync, true | lip sync, generated | depth change, generated / true | "
+            "depth AbsRel, frame 0 | depth AbsRel, all frames | true frame 0 held still |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
             *rows,
             "",
             "## Speed",
@@ -307,7 +359,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str] | None, work: Path) 
             f"## Growth with the audio's length (1 denoising step, no guidance; {duration:g} s track, each length "
             "in a fresh process)",
             "",
-            "| audio (s) | frames | seconds | seconds per frame | peak resident memory (MB) |",
+            "| audio (s) | frames | seconds | seconds per frame | peak resident memory (MiB) |",
             "|---:|---:|---:|---:|---:|",
             *[
                 f"| {item['audio_seconds']:g} | {item['frames']} | {item['seconds']:.1f} | {rate:.3f} | "

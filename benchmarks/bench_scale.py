@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import re
 import statistics
 import sys
 from dataclasses import dataclass
@@ -24,7 +23,15 @@ from pathlib import Path
 
 import torch
 
-from benchmark_support import command_line, machine_line, new_figure, resolve_device, write_figure, write_markdown
+from benchmark_support import (
+    command_line,
+    machine_line,
+    new_figure,
+    process_status_bytes,
+    resolve_device,
+    write_figure,
+    write_markdown,
+)
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.evaluation.results import format_markdown_table
 from rgbd_portrait.evaluation.speed import time_call
@@ -70,11 +77,6 @@ class PeakMemory:
             self.libc = ctypes.CDLL("libc.so.6")
             self.libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
 
-    @staticmethod
-    def _status(field: str) -> int:
-        text = Path("/proc/self/status").read_text()
-        return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1)) * 1024
-
     def start(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -83,13 +85,13 @@ class PeakMemory:
         else:
             self.libc.malloc_trim(0)
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
-            self.baseline = self._status("VmRSS")
+            self.baseline = process_status_bytes("VmRSS")
 
     def stop(self) -> int:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             return torch.cuda.max_memory_allocated(self.device) - self.baseline
-        return self._status("VmHWM") - self.baseline
+        return process_status_bytes("VmHWM") - self.baseline
 
 
 @torch.no_grad()

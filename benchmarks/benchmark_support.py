@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -77,3 +78,11 @@ def new_figure(columns: int = 1, *, width: float = 5.0, height: float = 3.6):
 
     figure, axes = plt.subplots(1, columns, figsize=(width * columns, height), squeeze=False)
     return figure, list(axes[0])
+
+
+def process_status_bytes(field: str) -> int:
+    """A memory field of this process's /proc/self/status (Linux), in bytes: VmRSS now, VmHWM its peak since
+    start or since the last reset. Unlike `getrusage`'s ru_maxrss, VmHWM does not carry over the peak of the
+    process that spawned this one (ru_maxrss survives fork and exec)."""
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1)) * 1024
