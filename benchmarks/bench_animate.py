@@ -161,7 +161,7 @@ def animate_sequence(pipeline: RGBDPortraitPipeline, sequence: Path, *, steps: i
     region = mouth_region(true_depth, head, np.asarray(meta["jaw_open"][:frames]))
     envelope = loudness(prepared.audio, prepared.fps, frames)
     # From the second window on, so that every frame shown was generated after motion frames.
-    later = min(pipeline.model.motion.config.window_frames, frames - 2 * SHEET_FRAMES)
+    later = max(0, min(pipeline.model.motion.config.window_frames, frames - 2 * SHEET_FRAMES))
     by_loudness = later + np.argsort(envelope[later:])
     shown = [*by_loudness[:SHEET_FRAMES], *by_loudness[-SHEET_FRAMES:]]
     true_rgb = [samples[index].rgb for index in shown]
