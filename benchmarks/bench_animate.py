@@ -90,17 +90,15 @@ def true_depth_and_masks(samples: list[PortraitSample]) -> tuple[torch.Tensor, t
     return depth, torch.from_numpy(np.stack([sample.mask for sample in samples]))[:, None]
 
 
-def true_unit_depth(samples: list[PortraitSample]) -> tuple[np.ndarray, np.ndarray]:
+def true_unit_depth(depth: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame normalised depth (T, H, W) in [0, 1] and the pixels on the head in every frame (H, W)."""
-    depth, mask = true_depth_and_masks(samples)
     normalized, _, _ = normalize_depth(depth, mask)
     return to_unit_range(normalized)[:, 0].numpy(), mask[:, 0].numpy().all(axis=0)
 
 
-def depth_errors(generated: np.ndarray, samples: list[PortraitSample]) -> tuple[np.ndarray, np.ndarray]:
+def depth_errors(generated: np.ndarray, depth: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """AbsRel per frame of the generated depth (T, H, W), and of the first true frame held still, each mapped by
-    scale and shift onto the true frame's depth on its head."""
-    depth, mask = true_depth_and_masks(samples)
+    scale and shift onto the true frame's depth (T, 1, H, W) on its head."""
     still = depth[:1].expand_as(depth)
     return tuple(
         depth_metrics(guess, depth, mask)["abs_rel"].flatten().numpy()
@@ -141,7 +139,8 @@ def build_model(args: argparse.Namespace) -> RGBDPortraitModel:
 def animate_sequence(pipeline: RGBDPortraitPipeline, sequence: Path, *, steps: int, folder: Path) -> dict:
     meta = read_meta(sequence)
     samples = [read_sample(frame, extras=False) for frame in sequence_frames(sequence)]
-    true_depth, head = true_unit_depth(samples)
+    depth, mask = true_depth_and_masks(samples)
+    true_depth, head = true_unit_depth(depth, mask)
     reference = folder / f"{sequence.name}_reference.png"
     write_rgb_png(reference, samples[0].rgb)
     prepared = prepare_animation(pipeline, reference, sequence / meta["audio"], fps=meta["fps"])
@@ -181,7 +180,7 @@ def animate_sequence(pipeline: RGBDPortraitPipeline, sequence: Path, *, steps: i
         "generated_sync": correlation(envelope, generated[:, region].mean(axis=1)),
         "true_change": frame_change(true_depth),
         "generated_change": frame_change(generated),
-        "depth_errors": depth_errors(generated, samples[:frames]),
+        "depth_errors": depth_errors(generated, depth[:frames], mask[:frames]),
     }
 
 

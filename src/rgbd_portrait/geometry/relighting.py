@@ -9,10 +9,10 @@ The model is Lambertian with a piecewise-constant albedo: the original lighting 
 (skin, hair, eyes, clothing), found by alternating the fit with a k-means clustering of image / shading in log
 colour space (the fit on the raw image would bend towards dark hair and bright clothing as if they were
 shadow and light). The fit is optionally reweighted to ignore cast shadows and highlights, which the model
-cannot explain. A single image cannot separate the albedo's brightness from
-the light's strength, so the estimated light is assumed to be as strong as the new one, strength meaning
-the peak shading over the subject's normals: relighting moves the light and keeps the brightest lit point
-as bright. The input's overall colour stays in the albedo. With the original light known (e.g. a synthetic
+cannot explain. A single image cannot separate the albedo's brightness from the light's strength, so the
+estimated light is assumed to be as strong as the new one, strength meaning the peak shading over the
+subject's normals: relighting moves the light and keeps the brightest lit point as bright. The input's
+overall colour stays in the albedo. With the original light known (e.g. a synthetic
 sample's), pass it instead and the division is exact.
 
 Light directions use `direction_from_angles`: azimuth 0 = from the camera, positive = from the image's
