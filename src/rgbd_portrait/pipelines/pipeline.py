@@ -155,6 +155,10 @@ class RGBDPortraitPipeline:
     like diffusers'. Attention runs through `F.scaled_dot_product_attention` (memory-efficient kernels on
     CUDA); diffusers' attention slicing is not offered, since it would replace the reference-attention
     processors.
+
+    Every task runs under `torch.no_grad()` wherever it is called from, so no result depends on the caller having
+    turned autograd off. Not `torch.inference_mode()`: its tensors could not be changed in place or take part in
+    autograd in the caller's code afterwards.
     """
 
     def __init__(self, model: RGBDPortraitModel, *, scheduler: SchedulerMixin | None = None):
@@ -725,6 +729,7 @@ class RGBDPortraitPipeline:
 
         return animate(self, reference, audio, **options)
 
+    @torch.no_grad()
     def relight(
         self,
         image: ImageInput | Sequence[ImageInput],
