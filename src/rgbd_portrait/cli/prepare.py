@@ -41,6 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--val-fraction", type=float, default=0.0, help="fraction of identities put in the validation split"
     )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of identities put in the test split (never trained on)",
+    )
     parser.add_argument("--min-face-confidence", type=float, default=0.5, help="face detector threshold")
     parser.add_argument(
         "--crop-smoothing", type=float, default=0.1, metavar="SECONDS", help="time σ for smoothing video crops"
@@ -64,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         identity_from=args.identity_from,
         val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
         min_face_confidence=args.min_face_confidence,
         crop_smoothing_s=args.crop_smoothing,
         workers=args.workers,

@@ -83,6 +83,14 @@ class FaceGeometry:
     def region(self) -> np.ndarray:
         return np.isfinite(self.mesh_depth)
 
+    def landmark_table(self) -> list[list[float]]:
+        """The landmarks as rows of x, y (crop pixels) and z-depth (metres), rounded for a sample's meta.json."""
+        depth = self.camera.landmark_depth(self.landmarks)
+        return [
+            [round(float(x), 2), round(float(y), 2), round(float(z), 5)]
+            for (x, y), z in zip(self.landmarks[:, :2], depth)
+        ]
+
 
 def face_geometry(landmarks: np.ndarray, size: int) -> FaceGeometry:
     """Rasterise the face mesh of landmarks (N, 3) given in pixels of a crop of side `size`."""

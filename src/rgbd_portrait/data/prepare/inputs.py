@@ -93,7 +93,12 @@ def _named_inputs(found: list[tuple[Path, tuple[str, ...]]], *, identity_from: s
     ]
 
 
-def split_for(identity: str, val_fraction: float) -> str:
-    """'val' or 'train', fixed per identity by a hash, so no identity is in both."""
+def split_for(identity: str, val_fraction: float, test_fraction: float = 0.0) -> str:
+    """'test', 'val' or 'train', fixed per identity by a hash, so no identity is in two splits.
+
+    The test share comes first on the hash's scale, so changing `val_fraction` never moves a test identity.
+    """
     position = int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "big") / 2**64
-    return "val" if position < val_fraction else "train"
+    if position < test_fraction:
+        return "test"
+    return "val" if position < test_fraction + val_fraction else "train"

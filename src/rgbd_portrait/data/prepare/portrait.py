@@ -48,6 +48,9 @@ class PortraitPreparer:
             "depth_source": "pseudo",
             "depth_backend": self.depth_backend.name,
             "face_score": round(face.score, 4),
+            # The face mesh in the crop: x, y in pixels (centres at integers) and z-depth in metres. Evaluation
+            # scores depth at these points; training trusts pseudo-depth most inside their outline.
+            "face_landmarks": geometry.landmark_table(),
             # Where the crop came from, in source-image pixels (centres at integers), to paste results back.
             "crop_in_source": {"center": alignment.center.tolist(), "half_axis": alignment.half_axis.tolist()},
         }

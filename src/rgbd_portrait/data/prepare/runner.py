@@ -53,6 +53,7 @@ class PrepareOptions:
     depth_model_output: str = "auto"
     identity_from: str = "file"  # "file": one identity per input; "folder": the name of the input's folder
     val_fraction: float = 0.0
+    test_fraction: float = 0.0
     min_face_confidence: float = 0.5
     crop_smoothing_s: float = 0.1  # Gaussian σ over time for video crops
 
@@ -61,6 +62,10 @@ class PrepareOptions:
             raise UserInputError(f"--size {self.size}: must be a multiple of {SIZE_MULTIPLE}, at least 16")
         if not 0.0 <= self.val_fraction <= 1.0:
             raise UserInputError(f"--val-fraction {self.val_fraction}: must be in [0, 1]")
+        if not 0.0 <= self.test_fraction <= 1.0 - self.val_fraction:
+            raise UserInputError(
+                f"--test-fraction {self.test_fraction}: must be in [0, 1 - val fraction = {1 - self.val_fraction:g}]"
+            )
         if not 0.0 < self.min_face_confidence < 1.0:
             raise UserInputError(f"--min-face-confidence {self.min_face_confidence}: must be in (0, 1)")
         if self.crop_smoothing_s < 0:
@@ -141,7 +146,11 @@ def _write_record(out_dir: Path, item: InputFile, options: PrepareOptions, outco
 
 
 def _base_meta(item: InputFile, identity: str, options: PrepareOptions) -> dict[str, Any]:
-    return {"identity": identity, "split": split_for(identity, options.val_fraction), "source": str(item.path)}
+    return {
+        "identity": identity,
+        "split": split_for(identity, options.val_fraction, options.test_fraction),
+        "source": str(item.path),
+    }
 
 
 def _prepare_photo(preparer: PortraitPreparer, item: InputFile, options: PrepareOptions, out_dir: Path) -> FileOutcome:
@@ -244,6 +253,7 @@ def prepare(
     device: str | None = None,
     identity_from: str = "file",
     val_fraction: float = 0.0,
+    test_fraction: float = 0.0,
     min_face_confidence: float = 0.5,
     crop_smoothing_s: float = 0.1,
     workers: int = 1,
@@ -263,6 +273,7 @@ def prepare(
         depth_model_output=depth_model_output,
         identity_from=identity_from,
         val_fraction=val_fraction,
+        test_fraction=test_fraction,
         min_face_confidence=min_face_confidence,
         crop_smoothing_s=crop_smoothing_s,
     )
