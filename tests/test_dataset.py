@@ -1,11 +1,11 @@
-"""PortraitDataset: tensors in the model's conventions, same-identity references, splits, resizing, shards."""
+"""PortraitDataset: tensors in the model's conventions, same-identity references, splits, resizing, shards, mixtures."""
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from rgbd_portrait.data.dataset import PortraitDataset, resize_sample_tensors
+from rgbd_portrait.data.dataset import PortraitDataset, PortraitMixture, observed_depth_region, resize_sample_tensors
 from rgbd_portrait.data.sample_format import PortraitSample, write_sample, write_sequence
 from rgbd_portrait.data.shards import pack_shards
 from rgbd_portrait.data.synth import render_dataset
@@ -85,10 +85,10 @@ def test_reference_is_another_image_of_the_same_identity(root):
     assert PortraitDataset(root, seed=1).reference_index(anna[0], epoch=3) == dataset.reference_index(anna[0], epoch=3)
     dataset.set_epoch(4)
     assert torch.equal(dataset[anna[0]]["reference_rgb"], dataset.get(anna[0], epoch=4)["reference_rgb"])
-    # An identity with a single image is its own reference.
+    # An identity with a single image is its own reference, mirrored.
     (bo,) = [i for i, entry in enumerate(dataset.entries) if entry.identity == "bo"]
     assert dataset.reference_index(bo, epoch=0) == bo
-    assert torch.equal(dataset[bo]["reference_rgb"], dataset[bo]["rgb"])
+    assert torch.equal(dataset[bo]["reference_rgb"], dataset[bo]["rgb"].flip(-1))
 
 
 def test_splits_sequences_and_bad_arguments(root):
@@ -154,3 +154,60 @@ def test_reads_the_studio_output(tmp_path):
     item = dataset[0]
     assert item["rgb"].shape == (3, 8, 8) and item["depth_source"] == "exact"
     assert dataset.entries[dataset.reference_index(0)].identity == item["identity"]
+
+
+def _with_landmarks(sample: PortraitSample, corners: list[tuple[float, float]]) -> PortraitSample:
+    sample.meta["face_landmarks"] = [[x, y, 1.0] for x, y in corners]
+    return sample
+
+
+def test_observed_depth_is_the_face_for_pseudo_depth_and_everything_for_exact_depth():
+    mask = torch.ones(1, SIZE, SIZE)
+    exact = {"depth_source": "exact", "face_landmarks": [[8, 8, 1], [20, 8, 1], [8, 20, 1]]}
+    assert torch.equal(observed_depth_region(exact, mask, SIZE), mask)
+    assert torch.equal(observed_depth_region({"depth_source": "pseudo"}, mask, SIZE), mask)
+    square = {"depth_source": "pseudo", "face_landmarks": [[8, 8, 1], [23, 8, 1], [23, 23, 1], [8, 23, 1], [15, 15, 1]]}
+    observed = observed_depth_region(square, mask, SIZE)[0]
+    assert observed[8:24, 8:24].all() and observed.sum() == 16 * 16
+    # Stored at twice the size: the outline scales with the crop.
+    half = observed_depth_region(square, mask, SIZE * 2)[0]
+    assert half[4:12, 4:12].all() and half.sum() <= 9 * 9
+    # Never outside the person.
+    person = torch.zeros(1, SIZE, SIZE)
+    person[..., :16] = 1
+    assert observed_depth_region(square, person, SIZE)[0].sum() == 16 * 8
+
+
+def test_items_say_how_far_their_depth_is_observed(tmp_path):
+    write_sample(
+        tmp_path / "real",
+        _with_landmarks(_sample("ed", "train", 3, depth_source="pseudo"), [(10, 10), (22, 10), (16, 22)]),
+    )
+    write_sample(tmp_path / "studio", _sample("fay", "train", 4))
+    dataset = PortraitDataset(tmp_path)
+    real, studio = (dataset[[entry.key for entry in dataset.entries].index(key)] for key in ("real", "studio"))
+    assert real["pseudo_depth"] == 1 and studio["pseudo_depth"] == 0
+    assert 0 < real["depth_observed"].sum() < real["mask"].sum()
+    assert torch.equal(studio["depth_observed"], torch.ones_like(studio["mask"]))
+
+
+def test_a_mixture_interleaves_its_parts_and_weighs_them_by_share(tmp_path):
+    for index in range(6):
+        write_sample(tmp_path / "big" / f"s{index}", _sample(f"p{index % 3}", "train", index))
+    write_sample(tmp_path / "small" / "s0", _sample("p0", "train", 10))
+    big, small = PortraitDataset(tmp_path / "big"), PortraitDataset(tmp_path / "small")
+    mixture = PortraitMixture([big, small], [1.0, 3.0])
+    assert len(mixture) == 7
+    assert [location[0] for location in mixture.locations[:3]] == [0, 1, 0]
+    # Same names in two parts are two identities; references stay in their part.
+    assert len({entry.key for entry in mixture.entries}) == 7
+    assert len({entry.identity for entry in mixture.entries}) == 4
+    lone = mixture.locations.index((1, 0))
+    assert mixture.reference_index(lone, epoch=2) == lone
+    assert torch.equal(mixture[lone]["reference_rgb"], small[0]["rgb"].flip(-1))
+    for item in range(len(mixture)):
+        assert mixture.locations[mixture.reference_index(item, epoch=1)][0] == mixture.locations[item][0]
+    shares = [float(mixture.sample_weights[[n == part for n, _ in mixture.locations]].sum()) for part in (0, 1)]
+    assert shares == pytest.approx([1.0, 3.0])
+    with pytest.raises(ValueError, match="resolution"):
+        PortraitMixture([big, PortraitDataset(tmp_path / "small", resolution=16)], [1.0, 1.0])

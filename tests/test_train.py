@@ -1,16 +1,19 @@
 """The trainer end to end on the CPU: learning, exact resume, latent caching, NaN stop, errors, the CLI."""
 
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from rgbd_portrait.cli.main import main as cli_main
+from rgbd_portrait.data.sample_format import PortraitSample, write_sample
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models import RGBDPortraitModel
 from rgbd_portrait.training import Trainer, TrainingDivergedError, load_config, stages, train
-from train_support import read_losses, render_tiny_dataset, write_tiny_config
+from train_support import RESOLUTION, read_losses, render_tiny_dataset, write_tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +154,52 @@ def test_latent_cache_gives_the_same_training(tmp_path, data_root):
     assert runs[True] == pytest.approx(runs[False], rel=1e-4)
     (cache,) = (tmp_path / "True" / "run" / "latent_cache").iterdir()
     assert (cache / "index.json").is_file() and (cache / "shard-00000.safetensors").is_file()
+
+
+def _write_pseudo_depth_photos(root, count):
+    """Samples as `rgbd-portrait prepare` writes them: pseudo-depth and face landmarks, one identity each."""
+    rng = np.random.default_rng(0)
+    rows, columns = np.mgrid[0:RESOLUTION, 0:RESOLUTION]
+    mask = (rows - 8) ** 2 + (columns - 8) ** 2 < 36
+    for index in range(count):
+        meta = {
+            "identity": f"photo{index}",
+            "split": "train",
+            "depth_source": "pseudo",
+            "face_landmarks": [[5, 5, 1.0], [11, 5, 1.0], [8, 11, 1.0]],
+        }
+        depth = np.where(mask, 1.0 + 0.02 * rows, 0.0).astype(np.float32)
+        rgb = rng.integers(0, 256, (RESOLUTION, RESOLUTION, 3), dtype=np.uint8)
+        write_sample(root / f"photo{index}", PortraitSample(rgb=rgb, depth=depth, mask=mask, meta=meta))
+    return root
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_mixed_sources_are_drawn_by_weight_with_their_depth_trust(tmp_path, data_root, monkeypatch, cached):
+    photos = _write_pseudo_depth_photos(tmp_path / "photos", 3)
+    seen = []
+    original_loss = stages.JointRecipe.loss
+
+    def recording_loss(self, module, batch, generator):
+        seen.append(batch["pseudo_depth"].clone())
+        return original_loss(self, module, batch, generator)
+
+    monkeypatch.setattr(stages.JointRecipe, "loss", recording_loss)
+    config = _config(
+        tmp_path,
+        data_root,
+        train={"stages": ["joint"], "joint": {"max_steps": 12, "batch_size": 8, "extrapolated_depth_weight": 0.3}},
+        overrides=[
+            f"data.cache_latents={str(cached).lower()}",
+            "data.root_weight=1",
+            f"data.sources=[{{root: {photos}, weight: 3}}]",
+        ],
+    )
+    train(config, show_progress=False)
+    drawn = torch.cat(seen)
+    # Three photos against eight studio samples, drawn three times as often as the studio in all.
+    assert 0.6 < float(drawn.mean()) < 0.9
+    assert all(math.isfinite(loss) for loss in read_losses(tmp_path / "run", "joint"))
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_root, monkeypatch):

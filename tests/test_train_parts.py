@@ -19,10 +19,10 @@ from rgbd_portrait.training.checkpointing import (
     read_training_state,
     restore_process_rng,
 )
-from rgbd_portrait.training.config import JointStageConfig, load_config
+from rgbd_portrait.training.config import JointStageConfig, TaskProbabilities, load_config
 from rgbd_portrait.training.curves import logged_stages, plot_training_curves
 from rgbd_portrait.training.ema import ExponentialMovingAverage
-from rgbd_portrait.training.joint_objective import make_diffusion_inputs
+from rgbd_portrait.training.joint_objective import depth_trust, make_diffusion_inputs
 from rgbd_portrait.training.metrics_log import MetricsLogger
 from rgbd_portrait.training.optim import (
     build_optimizer,
@@ -81,6 +81,9 @@ def test_shipped_configs_load():
         (["train.codec.batch_size=0"], "batch_size"),
         (["train.joint.image_to_depth_terminal_fraction=1.5"], "terminal_fraction"),
         (["seed"], "key=value"),
+        (["data.root_weight=0"], "root_weight"),
+        (["data.sources=[{root: x, weight: -1}]"], r"sources\[0\].weight"),
+        (["train.joint.extrapolated_depth_weight=-0.5"], "extrapolated_depth_weight"),
     ],
 )
 def test_config_errors_are_one_line(config_file, overrides, message):
@@ -114,6 +117,41 @@ def test_sample_stream_is_seeded_and_covers_each_epoch():
     assert first_epoch == [SampleStream(10, seed=3).at(position)[0] for position in range(10)]
     assert first_epoch != [SampleStream(10, seed=4).at(position)[0] for position in range(10)]
     assert stream.at(13)[1] == 1
+
+
+def test_a_weighted_stream_draws_each_sample_by_its_weight():
+    weights = torch.tensor([1.0, 1.0, 6.0, 0.0], dtype=torch.float64)
+    stream = SampleStream(4, seed=5, weights=weights)
+    draws = torch.tensor([stream.at(position)[0] for position in range(4000)])
+    shares = torch.bincount(draws, minlength=4).double() / len(draws)
+    torch.testing.assert_close(shares, weights / weights.sum(), atol=0.03, rtol=0)
+    assert [SampleStream(4, seed=5, weights=weights).at(position)[0] for position in range(100, 120)] == draws[
+        100:120
+    ].tolist()
+    with pytest.raises(ValueError, match="non-negative"):
+        SampleStream(4, seed=0, weights=torch.zeros(4))
+
+
+def test_pseudo_depth_is_trusted_less_where_it_is_extrapolated():
+    stage = JointStageConfig(pseudo_depth_weight=0.8, extrapolated_depth_weight=0.25)
+    observed = torch.tensor([1.0, 0.0, 0.5]).view(1, 1, 1, 3).expand(2, 1, 1, 3)
+    trust = depth_trust(torch.tensor([0.0, 1.0]), observed, stage)
+    torch.testing.assert_close(trust[0, 0, 0], torch.ones(3))
+    torch.testing.assert_close(trust[1, 0, 0], torch.tensor([0.8, 0.2, 0.5]))
+    # Only the depth channels of the loss carry it.
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    clean = torch.randn(2, 8, 1, 3)
+    joint_only = JointStageConfig(tasks=TaskProbabilities(joint=1.0, image_to_depth=0.0, depth_to_image=0.0))
+    inputs = make_diffusion_inputs(
+        clean,
+        torch.ones(2, 1, 1, 3),
+        scheduler=scheduler,
+        stage=joint_only,
+        generator=torch.Generator().manual_seed(0),
+        depth_weight=trust,
+    )
+    assert (inputs.loss_weights[:, :4] == 1).all()
+    torch.testing.assert_close(inputs.loss_weights[:, 4:], trust.expand(2, 4, 1, 3))
 
 
 def test_batch_sampler_shards_processes_and_resumes_anywhere():

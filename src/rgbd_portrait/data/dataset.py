@@ -3,7 +3,9 @@
 `PortraitDataset(root)` finds every sample below `root`: sample folders (`rgbd_portrait.data.sample_format`,
 written by `rgbd-portrait synth` or `rgbd-portrait prepare`) and shards (`*.tar`,
 `rgbd_portrait.data.shards`). Frames of talking sequences are left out unless `include_sequences=True`.
-Each item pairs the sample with a reference: another sample of the same identity, chosen per epoch.
+Each item pairs the sample with a reference: another sample of the same identity, chosen per epoch (the
+sample's mirror image when its identity has no other). `PortraitMixture` joins several such data sets, each
+with a share of the training stream.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from scipy.spatial import ConvexHull, QhullError
 from torch.utils.data import Dataset
 
 from rgbd_portrait.data.depth_normalization import normalize_depth
@@ -91,6 +95,28 @@ def resize_sample_tensors(
     return rgb.clamp(-1.0, 1.0), depth, mask
 
 
+def observed_depth_region(meta: dict[str, Any], mask: torch.Tensor, stored_size: int) -> torch.Tensor:
+    """Where a sample's depth was observed rather than extrapolated, (1, H, W) in {0, 1} at `mask`'s size.
+
+    Exact depth is observed everywhere. Face-mesh pseudo-depth is observed on the face, the outline of the
+    landmarks stored by `rgbd-portrait prepare` (scaled from the stored side `stored_size`); elsewhere on the
+    person it is a smooth fill. Pseudo-depth without landmarks counts as observed.
+    """
+    landmarks = np.asarray(meta.get("face_landmarks", []), dtype=np.float64).reshape(-1, 3)
+    if meta.get("depth_source") != "pseudo" or len(landmarks) < 3:
+        return torch.ones_like(mask)
+    size = mask.shape[-1]
+    # Pixel centres are at integers in both the stored crop and the resized one.
+    points = (landmarks[:, :2] + 0.5) * (size / stored_size) - 0.5
+    try:
+        outline = points[ConvexHull(points).vertices]
+    except QhullError:
+        return torch.ones_like(mask)
+    canvas = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(canvas).polygon([tuple(point) for point in outline], fill=1)
+    return torch.from_numpy(np.asarray(canvas, dtype=np.float32))[None] * mask
+
+
 class PortraitDataset(Dataset):
     """Samples of one split as dicts of tensors, each with a reference image of the same identity.
 
@@ -99,7 +125,9 @@ class PortraitDataset(Dataset):
         depth          (1, H, W) float in [-1, 1]: `normalize_depth` on the mask, background +1 (far)
         mask           (1, H, W) float, 1 on the person
         depth_range    (2,) the depths (in the sample's units) that map to -1 and +1
-        reference_rgb  (3, H, W) another sample of the same identity (itself if the identity has one)
+        reference_rgb  (3, H, W) another sample of the same identity (its mirror image if the identity has one)
+        pseudo_depth   () float, 1 when the depth is pseudo-depth (`meta["depth_source"] == "pseudo"`)
+        depth_observed (1, H, W) float, 1 where the depth was observed (`observed_depth_region`)
         identity, key, depth_source   strings
 
     `resolution` resizes to a square of that side (None keeps the stored size; all samples must then share
@@ -152,7 +180,8 @@ class PortraitDataset(Dataset):
             return index
         return others[int(np.random.default_rng([self.seed, epoch, index]).integers(len(others)))]
 
-    def _load(self, index: int) -> tuple[PortraitSample, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _load(self, index: int) -> tuple[PortraitSample, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """The sample, its rgb, depth and mask tensors at the data set's resolution, and its stored side."""
         entry = self.entries[index]
         sample = entry.read()
         height, width = sample.depth.shape
@@ -163,25 +192,86 @@ class PortraitDataset(Dataset):
         mask = torch.from_numpy(sample.mask)[None].float()
         if self.resolution is not None:
             rgb, depth, mask = resize_sample_tensors(rgb, depth, mask, self.resolution)
-        return sample, rgb, depth, mask
+        return sample, rgb, depth, mask, width
 
     def get(self, index: int, *, epoch: int | None = None) -> dict[str, Any]:
         if not 0 <= index < len(self.entries):
             raise IndexError(f"index {index} out of range for {len(self.entries)} samples")
-        sample, rgb, depth, mask = self._load(index)
+        sample, rgb, depth, mask, stored_size = self._load(index)
         normalized, near, far = normalize_depth(depth[None], mask[None] > 0.5)
         reference = self.reference_index(index, epoch=epoch)
-        reference_rgb = rgb if reference == index else self._load(reference)[1]
+        # A lone image is its own reference only mirrored, so the reference is never a pixel copy of the target.
+        reference_rgb = rgb.flip(-1) if reference == index else self._load(reference)[1]
+        depth_source = str(sample.meta.get("depth_source", "unknown"))
         return {
             "rgb": rgb,
             "depth": normalized[0],
             "mask": mask,
             "depth_range": torch.stack((near[0], far[0])),
             "reference_rgb": reference_rgb,
+            "pseudo_depth": torch.tensor(float(depth_source == "pseudo")),
+            "depth_observed": observed_depth_region(sample.meta, mask, stored_size),
             "identity": self.entries[index].identity,
             "key": self.entries[index].key,
-            "depth_source": str(sample.meta.get("depth_source", "unknown")),
+            "depth_source": depth_source,
         }
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.get(index)
+
+
+class PortraitMixture(Dataset):
+    """Several `PortraitDataset`s read as one, each with a share of the training stream.
+
+    Items come from the parts in turn (the first item of each part, then the second, ...), so the first few
+    items, such as a fixed validation batch, show every part. `sample_weights` gives each item its part's
+    weight divided by the part's size: drawn by these weights, a part's share of the draws is its weight's
+    share, however many samples it holds. References stay within a part.
+    """
+
+    def __init__(self, parts: list[PortraitDataset], weights: list[float]):
+        if len(parts) != len(weights) or not parts:
+            raise ValueError("a mixture needs one weight per part and at least one part")
+        resolutions = {part.resolution for part in parts}
+        if len(resolutions) > 1:
+            raise ValueError(f"the parts of a mixture must share one resolution, got {sorted(resolutions, key=str)}")
+        self.parts = parts
+        self.resolution = parts[0].resolution
+        self.locations: list[tuple[int, int]] = []  # (part, index in the part) per item
+        for position in range(max(len(part) for part in parts)):
+            self.locations += [(number, position) for number, part in enumerate(parts) if position < len(part)]
+        self.entries = [
+            SampleEntry(
+                key=f"{parts[number].root}:{parts[number].entries[index].key}",
+                identity=f"{parts[number].root}:{parts[number].entries[index].identity}",
+                split=parts[number].entries[index].split,
+                source=parts[number].entries[index].source,
+            )
+            for number, index in self.locations
+        ]
+        self._item_of = {location: item for item, location in enumerate(self.locations)}
+        self.sample_weights = torch.tensor(
+            [weights[number] / len(parts[number]) if len(parts[number]) else 0.0 for number, _ in self.locations],
+            dtype=torch.float64,
+        )
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.parts:
+            part.set_epoch(epoch)
+
+    def reference_index(self, index: int, *, epoch: int | None = None) -> int:
+        number, local = self.locations[index]
+        return self._item_of[(number, self.parts[number].reference_index(local, epoch=epoch))]
+
+    def get(self, index: int, *, epoch: int | None = None) -> dict[str, Any]:
+        if not 0 <= index < len(self.locations):
+            raise IndexError(f"index {index} out of range for {len(self.locations)} samples")
+        number, local = self.locations[index]
+        item = self.parts[number].get(local, epoch=epoch)
+        return item | {"key": self.entries[index].key, "identity": self.entries[index].identity}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.get(index)

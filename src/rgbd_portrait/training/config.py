@@ -50,8 +50,22 @@ class SynthesisConfig:
 
 
 @dataclass
+class DataSourceConfig:
+    """A further data folder mixed into the image stages' training and validation splits."""
+
+    root: str = MISSING
+    # Share of the training stream relative to the other sources (`data.root_weight` for `data.root`),
+    # whatever the folders' sizes: a source of weight 2 is drawn twice as often as one of weight 1.
+    weight: float = 1.0
+
+
+@dataclass
 class DataConfig:
     root: str = MISSING
+    # `root`'s share of the training stream when `sources` mixes in other folders.
+    root_weight: float = 1.0
+    # Further folders (e.g. prepared real photos) trained on together with `root`; see DataSourceConfig.
+    sources: list[DataSourceConfig] = field(default_factory=list)
     # Square side in pixels; None uses the model's default resolution.
     resolution: int | None = None
     train_split: str = "train"
@@ -124,6 +138,11 @@ class JointStageConfig(StageConfig):
     image_to_depth_terminal_fraction: float = 0.0
     # Weight of background latents in the loss: 1 = plain loss everywhere, 0 = foreground only.
     background_loss_weight: float = 1.0
+    # Depth loss of samples with pseudo-depth (`depth_source` "pseudo", e.g. face-mesh depth of real photos)
+    # relative to exact depth, and, on top of it, where that depth is extrapolated rather than observed (the
+    # person outside the face mesh: hair, ears, neck). Their RGB loss is unchanged.
+    pseudo_depth_weight: float = 1.0
+    extrapolated_depth_weight: float = 1.0
     # Denoising steps of the validation samples; None uses the model's default.
     validation_inference_steps: int | None = None
 
@@ -351,6 +370,9 @@ def check_config(config: ExperimentConfig, *, source: str = "config") -> None:
         source,
         f"train.joint.background_loss_weight must be >= 0, got {joint.background_loss_weight}",
     )
+    for weight in ("pseudo_depth_weight", "extrapolated_depth_weight"):
+        value = getattr(joint, weight)
+        _require(value >= 0, source, f"train.joint.{weight} must be >= 0, got {value}")
     _require(
         joint.validation_inference_steps is None or joint.validation_inference_steps > 0,
         source,
@@ -361,6 +383,9 @@ def check_config(config: ExperimentConfig, *, source: str = "config") -> None:
         source,
         f"data.resolution must be positive or null, got {data.resolution}",
     )
+    _require(data.root_weight > 0, source, f"data.root_weight must be positive, got {data.root_weight}")
+    for position, extra in enumerate(data.sources):
+        _require(extra.weight > 0, source, f"data.sources[{position}].weight must be positive, got {extra.weight}")
     _require(data.num_workers >= 0, source, f"data.num_workers must be >= 0, got {data.num_workers}")
     _require(
         data.validation_samples >= 0, source, f"data.validation_samples must be >= 0, got {data.validation_samples}"

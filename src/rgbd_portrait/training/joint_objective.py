@@ -13,7 +13,10 @@ Both modalities are noised to x_t at the sample's timestep, including a known on
 replacing the known modality's noisy channels by the known latent noised to the current timestep, so the
 backbone always sees a consistent x_t. The known channels carry the clean known latent. The target is ε,
 v = α·ε − σ·x0 or x0 (the scheduler's `prediction_type`), and the loss is a weighted mean squared error
-over the *unknown* modalities only, with background latents weighted by `background_loss_weight`.
+over the *unknown* modalities only, with background latents weighted by `background_loss_weight`. The depth
+channels are further weighted by how far the sample's depth is to be trusted (`depth_trust`): exact depth in
+full, pseudo-depth by `pseudo_depth_weight`, and its extrapolated part (outside the face mesh) by
+`extrapolated_depth_weight` on top.
 """
 
 from __future__ import annotations
@@ -68,6 +71,15 @@ class DiffusionInputs:
     tasks: list[Task]
 
 
+def depth_trust(pseudo_depth: torch.Tensor, depth_observed: torch.Tensor, stage: JointStageConfig) -> torch.Tensor:
+    """Depth loss weight per latent cell (B, 1, h, w) from the batch's `pseudo_depth` (B,) flags and the
+    observed share of each cell `depth_observed` (B, 1, h, w); 1 for exact depth."""
+    pseudo = pseudo_depth.to(depth_observed.dtype).view(-1, 1, 1, 1)
+    extrapolated = 1.0 - depth_observed
+    pseudo_weight = stage.pseudo_depth_weight * (depth_observed + stage.extrapolated_depth_weight * extrapolated)
+    return (1.0 - pseudo) + pseudo * pseudo_weight
+
+
 def make_diffusion_inputs(
     clean: torch.Tensor,
     foreground: torch.Tensor,
@@ -75,10 +87,12 @@ def make_diffusion_inputs(
     scheduler: DDPMScheduler,
     stage: JointStageConfig,
     generator: torch.Generator,
+    depth_weight: torch.Tensor | None = None,
 ) -> DiffusionInputs:
     """Draw tasks, timesteps, noise and reference dropout for clean latents `clean` (B, 2C, h, w).
 
-    `generator` lives on `clean`'s device; `foreground` (B, 1, h, w) is `latent_foreground` of the pixel mask.
+    `generator` lives on `clean`'s device; `foreground` (B, 1, h, w) is `latent_foreground` of the pixel mask;
+    `depth_weight` (B, 1, h, w), e.g. `depth_trust`, scales the depth channels' loss (None: 1).
     """
     batch, channels, height, width = clean.shape
     device = clean.device
@@ -99,6 +113,9 @@ def make_diffusion_inputs(
     background = stage.background_loss_weight
     spatial = background + (1.0 - background) * foreground.to(clean.dtype)
     loss_weights = (1.0 - expand_masks(masks, channels // 2)) * spatial
+    if depth_weight is not None:
+        modality_weights = torch.cat([torch.ones_like(depth_weight), depth_weight.to(clean.dtype)], dim=1)
+        loss_weights = loss_weights * modality_weights.repeat_interleave(channels // 2, dim=1)
     return DiffusionInputs(
         noisy=noisy,
         known=clean,

@@ -4,7 +4,9 @@ With the VAE frozen in the joint stage, encoding the same images at every epoch 
 it is most of the work. A cache folder holds::
 
     index.json               what was encoded (fingerprint), how many samples, the shard files
-    shard-00000.safetensors  rgb (n, C, h, w), depth (n, C, h, w), foreground (n, 1, h, w), scaled latents
+    shard-00000.safetensors  rgb (n, C, h, w), depth (n, C, h, w): scaled latents; foreground and
+                             depth_observed (n, 1, h, w): each latent cell's share of the person and of
+                             observed depth; pseudo_depth (n,): 1 for pseudo-depth samples
 
 The folder name is a fingerprint of the VAE weights and config, the data set's sample list and the
 resolution, so a changed VAE or data set never reads stale latents. Shards are written to temporary names and
@@ -29,7 +31,7 @@ from rgbd_portrait.models.codec import LatentCodec
 from rgbd_portrait.training.joint_objective import latent_foreground
 
 INDEX_FILE = "index.json"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def cache_fingerprint(codec: LatentCodec, sample_names: Sequence[str], resolution: int) -> str:
@@ -59,14 +61,23 @@ def encode_shard(
     """Latents of `dataset[i]` for i in `indices`, in that order."""
     device = next(codec.parameters()).device
     loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, num_workers=num_workers)
-    parts: dict[str, list[torch.Tensor]] = {"rgb": [], "depth": [], "foreground": []}
+    parts: dict[str, list[torch.Tensor]] = {
+        "rgb": [],
+        "depth": [],
+        "foreground": [],
+        "depth_observed": [],
+        "pseudo_depth": [],
+    }
     for batch in loader:
         rgb = batch["rgb"].to(device)
         latents = codec.encode_rgbd(rgb, batch["depth"].to(device)).float().cpu()
         rgb_latents, depth_latents = latents.chunk(2, dim=1)
+        latent_size = tuple(latents.shape[2:])
         parts["rgb"].append(rgb_latents)
         parts["depth"].append(depth_latents)
-        parts["foreground"].append(latent_foreground(batch["mask"], tuple(latents.shape[2:])))
+        parts["foreground"].append(latent_foreground(batch["mask"], latent_size))
+        parts["depth_observed"].append(latent_foreground(batch["depth_observed"], latent_size))
+        parts["pseudo_depth"].append(batch["pseudo_depth"].float())
         progress.update(rgb.shape[0])
     return {key: torch.cat(values).contiguous() for key, values in parts.items()}
 
@@ -125,7 +136,7 @@ def build_latent_cache(
 
 
 class CachedLatents:
-    """All latents of a complete cache, in memory: `rgb`, `depth` (N, C, h, w) and `foreground` (N, 1, h, w)."""
+    """All tensors of a complete cache, in memory, under the shards' names (see the module text)."""
 
     def __init__(self, directory: str | os.PathLike):
         directory = Path(directory)
@@ -134,6 +145,8 @@ class CachedLatents:
         self.rgb = torch.cat([shard["rgb"] for shard in shards])
         self.depth = torch.cat([shard["depth"] for shard in shards])
         self.foreground = torch.cat([shard["foreground"] for shard in shards])
+        self.depth_observed = torch.cat([shard["depth_observed"] for shard in shards])
+        self.pseudo_depth = torch.cat([shard["pseudo_depth"] for shard in shards])
         if self.rgb.shape[0] != index["num_samples"]:
             raise ValueError(
                 f"{directory}: cache holds {self.rgb.shape[0]} samples, its index says {index['num_samples']}"

@@ -17,13 +17,20 @@ from rgbd_portrait.training.seeding import derive_seed
 
 
 class SampleStream:
-    """Sample indices, epoch after epoch, each epoch a permutation seeded by (seed, epoch)."""
+    """Sample indices, epoch after epoch, each epoch a permutation seeded by (seed, epoch).
 
-    def __init__(self, num_samples: int, *, seed: int):
+    With `weights` (one non-negative number per sample), an epoch is instead `num_samples` draws with
+    replacement in proportion to the weights, seeded the same way: mixed data sources get their shares.
+    """
+
+    def __init__(self, num_samples: int, *, seed: int, weights: torch.Tensor | None = None):
         if num_samples <= 0:
             raise ValueError("the sample stream needs at least one sample")
+        if weights is not None and (weights.shape != (num_samples,) or weights.min() < 0 or weights.sum() <= 0):
+            raise ValueError(f"the sample stream needs {num_samples} non-negative weights, not all zero")
         self.num_samples = num_samples
         self.seed = seed
+        self.weights = weights
         self._permutations: dict[int, list[int]] = {}
 
     def permutation(self, epoch: int) -> list[int]:
@@ -31,7 +38,11 @@ class SampleStream:
             generator = torch.Generator().manual_seed(derive_seed(self.seed, "data-order", epoch))
             # Older epochs are never needed again once the stream has moved on.
             self._permutations = {key: value for key, value in self._permutations.items() if key >= epoch - 1}
-            self._permutations[epoch] = torch.randperm(self.num_samples, generator=generator).tolist()
+            if self.weights is None:
+                order = torch.randperm(self.num_samples, generator=generator)
+            else:
+                order = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator)
+            self._permutations[epoch] = order.tolist()
         return self._permutations[epoch]
 
     def at(self, position: int) -> tuple[int, int]:

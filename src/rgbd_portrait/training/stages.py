@@ -27,7 +27,12 @@ from rgbd_portrait.training.codec_stage import (
     random_crop,
 )
 from rgbd_portrait.training.config import CodecStageConfig, ExperimentConfig, JointStageConfig
-from rgbd_portrait.training.joint_objective import latent_foreground, make_diffusion_inputs, weighted_mse
+from rgbd_portrait.training.joint_objective import (
+    depth_trust,
+    latent_foreground,
+    make_diffusion_inputs,
+    weighted_mse,
+)
 from rgbd_portrait.training.validation import validate_codec, validate_joint
 
 Batch = dict[str, torch.Tensor]
@@ -92,20 +97,28 @@ class JointRecipe:
         self.model.denoiser.enable_gradient_checkpointing()
 
     @torch.no_grad()
-    def _latents(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Clean `[rgb, depth]` latents, the latent foreground and the reference latents of a batch."""
+    def _latents(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Clean `[rgb, depth]` latents, the latent foreground, the reference latents and the depth observed
+        share of each latent cell, of a batch."""
         if self.uses_latents:
             clean = join_modalities(batch["rgb_latents"], batch["depth_latents"])
-            return clean, batch["foreground"], batch["reference_latents"]
+            return clean, batch["foreground"], batch["reference_latents"], batch["depth_observed"]
         codec = self.model.codec
         clean = codec.encode_rgbd(batch["rgb"], batch["depth"])
-        foreground = latent_foreground(batch["mask"], tuple(clean.shape[2:]))
-        return clean, foreground, codec.encode_rgb(batch["reference_rgb"])
+        latent_size = tuple(clean.shape[2:])
+        foreground = latent_foreground(batch["mask"], latent_size)
+        observed = latent_foreground(batch["depth_observed"], latent_size)
+        return clean, foreground, codec.encode_rgb(batch["reference_rgb"]), observed
 
     def loss(self, module: nn.Module, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, Batch]:
-        clean, foreground, reference_latents = self._latents(batch)
+        clean, foreground, reference_latents, observed = self._latents(batch)
         inputs = make_diffusion_inputs(
-            clean, foreground, scheduler=self.scheduler, stage=self.stage, generator=generator
+            clean,
+            foreground,
+            scheduler=self.scheduler,
+            stage=self.stage,
+            generator=generator,
+            depth_weight=depth_trust(batch["pseudo_depth"], observed, self.stage),
         )
         prediction = module(
             inputs.noisy,

@@ -373,7 +373,11 @@ class Trainer:
         if checkpoint is not None and state.grad_scaler and accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(state.grad_scaler)
 
-        stream = SampleStream(len(samples), seed=derive_seed(seed, name, "data-order"))
+        stream = SampleStream(
+            len(samples),
+            seed=derive_seed(seed, name, "data-order"),
+            weights=getattr(train_set, "sample_weights", None),
+        )
         sampler = StreamBatchSampler(
             stream,
             rank=self.rank,
