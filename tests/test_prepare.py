@@ -15,6 +15,7 @@ from rgbd_portrait.data.prepare import PortraitPreparer, create_depth_backend, p
 from rgbd_portrait.data.prepare.alignment import warp_to_crop
 from rgbd_portrait.data.prepare.face_mesh import face_geometry
 from rgbd_portrait.data.prepare.face_mesh_depth import FaceMeshDepth
+from rgbd_portrait.data.prepare.inputs import split_for
 from rgbd_portrait.data.prepare.nominal_scale import NOMINAL_BACKGROUND_DEPTH_M
 from rgbd_portrait.data.sample_format import read_sample
 from rgbd_portrait.errors import UserInputError
@@ -79,6 +80,43 @@ def test_face_is_found_and_the_crop_contains_it(name, portraits, preparer):
     ]
     assert np.median(differences) < 20
     assert 0.15 < sample.mask.mean() < 0.95
+
+
+def test_a_face_filling_the_photo_is_found(portraits, preparer):
+    # A tight face crop, as in UTKFace or a close-up selfie: the full-range detector alone misses these.
+    faces = preparer.find_faces(portraits["astronaut"])
+    x, y, width, height = (int(value) for value in faces[0].box)
+    close_up = np.ascontiguousarray(portraits["astronaut"][y : y + height, x : x + width])
+    (face,) = preparer.find_faces(close_up)
+    # The same face: its landmarks moved by the crop's corner.
+    offset = np.array([x, y])
+    assert np.median(np.linalg.norm(face.landmarks[:, :2] + offset - faces[0].landmarks[:, :2], axis=1)) < 0.05 * width
+
+
+def test_meta_records_the_face_landmarks_in_the_crop(portraits, preparer):
+    image = portraits["grace_hopper"]
+    (face,) = preparer.find_faces(image)
+    alignment = preparer.align(face)
+    sample = preparer.sample(image, face, alignment, meta={})
+    table = np.array(sample.meta["face_landmarks"])
+    assert table.shape == (478, 3)
+    np.testing.assert_allclose(table[:, :2], alignment.landmarks_to_crop(face.landmarks)[:, :2], atol=0.01)
+    # z is the face mesh's depth: where the mesh covers a pixel, the pseudo-depth there is close to it.
+    x, y = np.round(table[NOSE_TIP, :2]).astype(int)
+    assert abs(sample.depth[y, x] - table[NOSE_TIP, 2]) < 0.01
+
+
+def test_test_and_validation_splits_are_fixed_per_identity():
+    identities = [f"person{index}" for index in range(2000)]
+    splits = [split_for(identity, 0.1, 0.2) for identity in identities]
+    shares = {split: splits.count(split) / len(splits) for split in ("train", "val", "test")}
+    assert shares == pytest.approx({"train": 0.7, "val": 0.1, "test": 0.2}, abs=0.03)
+    # A test identity stays in the test split whatever the validation share.
+    assert all(
+        split_for(identity, 0.3, 0.2) == "test" for identity, split in zip(identities, splits) if split == "test"
+    )
+    with pytest.raises(UserInputError, match="test-fraction"):
+        prepare([], "unused", val_fraction=0.6, test_fraction=0.5)
 
 
 @pytest.mark.parametrize("name", sorted(PORTRAITS))
