@@ -358,12 +358,13 @@ def run_demo(
         photos, notes = timed_setup(
             setup_steps[2], lambda: prepare_photos(root, side=side, face_centres=loaded.face_centres)
         )
-        portraits = synthetic + photos
+        # Photographs first: they are what users bring.
+        portraits = photos + synthetic
         if not portraits:
             raise UserInputError("identities: 0 synthetic heads and no public portrait installed leave nothing to show")
 
         unavailable = animation_unavailable(loaded, wanted=animation)
-        talking = [] if unavailable else [group[0] for group in (synthetic, photos) if group]
+        talking = [] if unavailable else [group[0] for group in (photos, synthetic) if group]
         tasks = _Tasks(loaded, root, seed=seed, steps=num_inference_steps, bar=bar)
         # Image→depth comes first: depth→image of a photo and every relighting read its predicted depth.
         plan = [
