@@ -5,6 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 
 from rgbd_portrait.errors import UserInputError
@@ -15,6 +16,7 @@ from rgbd_portrait.evaluation.metrics import (
     mean_absolute_error,
     normal_metrics,
     psnr,
+    rank_correlation,
     ssim,
 )
 
@@ -82,6 +84,20 @@ def test_alignment_is_invariant_to_an_affine_map_of_the_prediction_and_solves_th
     residual = (base.aligned - target)[mask]
     assert abs(residual.sum().item()) < 1e-8
     assert abs((residual * prediction[mask]).sum().item()) < 1e-8 * (1 + prediction.abs().max().item()) * 10
+
+
+def test_nonnegative_scale_leaves_a_swapped_prediction_at_the_target_mean():
+    target = _row(1, 2, 4)
+    swapped = align_scale_shift(-target, target, torch.ones(1, 3), nonnegative_scale=True)
+    assert swapped.scale.item() == 0.0
+    torch.testing.assert_close(swapped.aligned, torch.full((1, 3), 7 / 3, dtype=torch.float64))
+    # The free fit flips it into a perfect one; the constrained fit must not.
+    assert depth_metrics(-target, target, torch.ones(1, 3))["abs_rel"].item() < 1e-12
+    assert depth_metrics(-target, target, torch.ones(1, 3), nonnegative_scale=True)["abs_rel"].item() > 0.3
+    # A prediction in the right order is fitted as without the constraint.
+    free = align_scale_shift(_row(0, 1, 2), _row(0, 1, 3), torch.ones(1, 3))
+    constrained = align_scale_shift(_row(0, 1, 2), _row(0, 1, 3), torch.ones(1, 3), nonnegative_scale=True)
+    torch.testing.assert_close(constrained.aligned, free.aligned)
 
 
 def test_mismatched_shapes_and_empty_masks_are_refused():
@@ -227,3 +243,38 @@ def test_image_metrics_bundle_and_float32_inputs():
     metrics = image_metrics(target, target, torch.ones(1, 12, 12))
     assert set(metrics) == {"psnr", "ssim", "mae"}
     assert metrics["mae"].item() == 0 and metrics["ssim"].item() == pytest.approx(1.0)
+
+
+# --- rank correlation --------------------------------------------------------------------------------------
+
+
+def test_rank_correlation_of_monotone_maps_is_one_or_minus_one_whatever_the_spacing():
+    target = torch.tensor([0.3, 1.0, 2.5, 2.6, 9.0], dtype=torch.float64)
+    valid = torch.ones(5, dtype=torch.bool)
+    assert rank_correlation(torch.exp(target), target, valid).item() == pytest.approx(1.0)
+    assert rank_correlation(-(target**3), target, valid).item() == pytest.approx(-1.0)
+
+
+def test_rank_correlation_with_ties_matches_scipy_and_skips_invalid_entries():
+    generator = torch.Generator().manual_seed(0)
+    prediction = torch.randint(0, 4, (2, 30), generator=generator).double()  # many ties, as in coarse depth
+    target = torch.randn(2, 30, generator=generator, dtype=torch.float64)
+    valid = torch.rand(2, 30, generator=generator) > 0.3
+    result = rank_correlation(prediction, target, valid)
+    assert result.shape == (2,)
+    for index in range(2):
+        keep = valid[index]
+        expected = spearmanr(prediction[index][keep].numpy(), target[index][keep].numpy()).statistic
+        assert result[index].item() == pytest.approx(expected, abs=1e-12)
+    # Values off `valid` do not count, however wild.
+    wild = torch.where(valid, prediction, 1e9)
+    torch.testing.assert_close(rank_correlation(wild, target, valid), result)
+
+
+def test_rank_correlation_of_a_constant_side_is_zero_and_too_few_values_are_refused():
+    target = torch.tensor([1.0, 2.0, 3.0])
+    assert rank_correlation(torch.full((3,), 0.5), target, torch.ones(3)).item() == 0.0
+    with pytest.raises(UserInputError, match="fewer than two"):
+        rank_correlation(target, target, torch.tensor([True, False, False]))
+    with pytest.raises(UserInputError, match="one shape"):
+        rank_correlation(target, target[:2], torch.ones(3))

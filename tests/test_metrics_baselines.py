@@ -6,7 +6,7 @@ import torch
 
 from rgbd_portrait.data.sample_format import PortraitSample, write_sample
 from rgbd_portrait.errors import UserInputError
-from rgbd_portrait.evaluation.baselines import MeanFaceTemplate, find_split, flat_plane_depth
+from rgbd_portrait.evaluation.baselines import MeanFaceTemplate, find_split, flat_plane_depth, radial_depth
 from rgbd_portrait.evaluation.metrics import depth_metrics
 
 SIZE = 8
@@ -80,6 +80,12 @@ def test_template_is_scored_through_the_same_alignment(data_dir):
 def test_flat_plane_has_the_images_shape_and_device():
     depth = flat_plane_depth(torch.rand(4, 3, 6, 7))
     assert depth.shape == (4, 6, 7) and depth.unique().numel() == 1
+
+
+def test_radial_depth_is_the_distance_from_the_face_centre():
+    depth = radial_depth((3, 4), (1.0, 2.0))
+    assert depth.shape == (3, 4) and depth[2, 1].item() == 0.0
+    assert depth[0, 1].item() == pytest.approx(2.0) and depth[0, 3].item() == pytest.approx(8**0.5)
 
 
 def test_save_and_load_round_trip_atomically(data_dir, tmp_path):

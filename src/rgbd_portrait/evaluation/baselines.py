@@ -5,6 +5,8 @@ A baseline is a callable like the model's image→depth: images (..., 3, H, W) �
 does a prediction, so the numbers are directly comparable.
 
 - `flat_plane_depth`: the same depth everywhere. Aligned, it becomes the target's mean on the mask.
+- `radial_depth`: the distance from the face's centre. It knows where the face is and nothing of its
+  shape: a cone, nearest at the centre. On real photos it is the first thing a depth model must beat.
 - `MeanFaceTemplate`: the average normalised depth of the training faces at each pixel. The synthetic
   studio's samples are face-centred crops, so one template is image-aligned with every test face.
 """
@@ -32,6 +34,14 @@ FAR_DEPTH = 1.0
 def flat_plane_depth(images: torch.Tensor) -> torch.Tensor:
     """A constant depth for every pixel of images (..., 3, H, W) → (..., H, W)."""
     return torch.full(images.shape[:-3] + images.shape[-2:], 0.5, dtype=torch.float32, device=images.device)
+
+
+def radial_depth(shape: tuple[int, int], centre: tuple[float, float]) -> torch.Tensor:
+    """Distance in pixels of every pixel of an (H, W) image from `centre` (x, y; pixel centres at integers)."""
+    height, width = shape
+    rows = torch.arange(height, dtype=torch.float32)[:, None]
+    columns = torch.arange(width, dtype=torch.float32)[None, :]
+    return torch.hypot(columns - centre[0], rows - centre[1])
 
 
 def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

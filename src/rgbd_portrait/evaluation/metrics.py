@@ -1,10 +1,12 @@
-"""Metrics on a mask, in torch: depth after scale/shift alignment, normal angular error, and image quality.
+"""Metrics on a mask, in torch: depth after scale/shift alignment, normal angular error, rank correlation and
+image quality.
 
 Every function takes batches with any number of leading dimensions, on any device:
 
     depth   (..., H, W)       mask (..., H, W), nonzero = valid pixel
     normals (..., 3, H, W)
     images  (..., C, H, W)    values in [0, data_range]
+    values  (..., N)          valid (..., N): sampled values, e.g. depth at face landmarks
 
 and returns one value per leading index (a 0-d tensor for a single image), so a benchmark can average
 per-image values over a data set. Sums run in float64 (float32 on Apple's MPS, which has no float64), so
@@ -62,11 +64,17 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, values, 0).sum(dim=-1) / mask.sum(dim=-1)
 
 
-def align_scale_shift(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> Alignment:
+def align_scale_shift(
+    prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, *, nonnegative_scale: bool = False
+) -> Alignment:
     """Least-squares scale and shift that map `prediction` onto `target` on `mask` (closed form, batched).
 
     Minimises sum over the mask of (scale * prediction + shift - target)**2. A prediction that is constant
     on the mask carries no scale information: its scale is 0 and it aligns to the target's masked mean.
+
+    With `nonnegative_scale`, the scale is constrained to be >= 0, so that a prediction with its near and far
+    swapped is not flipped into a good one: the objective is a convex quadratic, so where the free optimum has
+    a negative scale the constrained one lies on the boundary, scale 0 with the target's masked mean.
     """
     if prediction.shape != target.shape:
         raise UserInputError(f"prediction: shape {tuple(prediction.shape)} does not match target {tuple(target.shape)}")
@@ -90,6 +98,8 @@ def align_scale_shift(prediction: torch.Tensor, target: torch.Tensor, mask: torc
     variance = (centred * centred).sum(dim=1)
     covariance = (centred * torch.where(valid, truth - truth_mean[:, None], 0)).sum(dim=1)
     unit_scale = covariance / torch.where(variance == 0, 1, variance)
+    if nonnegative_scale:
+        unit_scale = unit_scale.clamp_min(0)
     unit_shift = truth_mean - unit_scale * unit_mean
     scale = unit_scale / spread
     shift = unit_shift - scale * lowest
@@ -105,14 +115,15 @@ def depth_metrics(
     mask: torch.Tensor,
     *,
     align: bool = True,
+    nonnegative_scale: bool = False,
     min_depth: float = 1e-3,
 ) -> dict[str, torch.Tensor]:
     """AbsRel, RMSE and δ accuracies of a depth prediction on `mask`, per batch item.
 
-    With `align` (the default) the prediction is first mapped onto the target by `align_scale_shift`, as
-    affine-invariant predictions must be. The (aligned) prediction is then clamped to at least `min_depth`
-    (target units, 1 mm for metres) so that ratios stay finite; this clamp applies to every metric. The
-    target must be positive on the mask.
+    With `align` (the default) the prediction is first mapped onto the target by `align_scale_shift` (with its
+    `nonnegative_scale` option), as affine-invariant predictions must be. The (aligned) prediction is then
+    clamped to at least `min_depth` (target units, 1 mm for metres) so that ratios stay finite; this clamp
+    applies to every metric. The target must be positive on the mask.
 
     Returns ``abs_rel`` (mean |p - g| / g), ``rmse`` (target units) and ``delta1``/``delta2``/``delta3``
     (share of pixels with max(p/g, g/p) < 1.25, 1.25², 1.25³, in [0, 1]).
@@ -120,7 +131,7 @@ def depth_metrics(
     if min_depth <= 0:
         raise UserInputError(f"min_depth: must be positive, got {min_depth}")
     if align:
-        prediction = align_scale_shift(prediction, target, mask).aligned
+        prediction = align_scale_shift(prediction, target, mask, nonnegative_scale=nonnegative_scale).aligned
     elif prediction.shape != target.shape:
         raise UserInputError(f"prediction: shape {tuple(prediction.shape)} does not match target {tuple(target.shape)}")
     _check_mask(mask, target.shape, "target")
@@ -182,6 +193,41 @@ def normal_metrics(prediction: torch.Tensor, target: torch.Tensor, mask: torch.T
         metrics[f"normal_pct_{threshold:g}"] = 100 * _masked_mean((angle < threshold).to(dtype), valid)
     leading = mask.shape[:-2]
     return {name: value.reshape(leading) for name, value in metrics.items()}
+
+
+def average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Ranks 0 … N-1 of the values of a 1-D tensor, tied values sharing the mean of their ranks."""
+    _, position, counts = torch.unique(values, return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, dim=0) - counts
+    return (first + (counts - 1) / 2).to(_working_dtype(values.device))[position]
+
+
+def rank_correlation(prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Spearman's rank correlation of two sets of values (..., N) over the entries where `valid` holds, per
+    leading index: Pearson's correlation of their average ranks (ties share a rank, as on coarse sensor depth).
+
+    It is 1 for any increasing function of the target, -1 for a decreasing one. A side whose valid values are
+    all equal has no order to agree with: its correlation is 0.
+    """
+    if prediction.shape != target.shape or valid.shape != target.shape:
+        raise UserInputError(
+            f"prediction: values {tuple(prediction.shape)}, target {tuple(target.shape)} and valid "
+            f"{tuple(valid.shape)} must have one shape"
+        )
+    valid = valid.reshape(-1, target.shape[-1]) != 0
+    few = (valid.sum(dim=1) < 2).nonzero().flatten()
+    if len(few):
+        raise UserInputError(f"valid: fewer than two valid values in batch item(s) {few.tolist()}")
+    correlations = []
+    for predicted, truth, keep in zip(prediction.reshape(valid.shape), target.reshape(valid.shape), valid):
+        ranks = torch.stack([average_ranks(predicted[keep]), average_ranks(truth[keep])])
+        centred = ranks - ranks.mean(dim=1, keepdim=True)
+        spread = centred.norm(dim=1)
+        if (spread == 0).any():
+            correlations.append(torch.zeros((), dtype=ranks.dtype, device=ranks.device))
+        else:
+            correlations.append((centred[0] * centred[1]).sum() / (spread[0] * spread[1]))
+    return torch.stack(correlations).reshape(target.shape[:-1])
 
 
 def _flatten_images(

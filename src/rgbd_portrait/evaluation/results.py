@@ -28,6 +28,7 @@ METRIC_LABELS = {
     "psnr": "PSNR dB ↑",
     "ssim": "SSIM ↑",
     "mae": "MAE ↓",
+    "landmark_spearman": "Spearman at landmarks ↑",
 }
 
 
@@ -58,18 +59,23 @@ def _format_cell(value: Any, digits: int) -> str:
 
 
 def format_markdown_table(
-    rows: Mapping[str, Mapping[str, Any]], *, row_heading: str = "method", digits: int = 4
+    rows: Mapping[str, Mapping[str, Any]],
+    *,
+    row_heading: str = "method",
+    digits: int = 4,
+    labels: Mapping[str, str] | None = None,
 ) -> str:
     """A Markdown table with one row per entry of `rows` (e.g. model, baselines) and one column per metric.
 
-    Columns appear in the order first seen; known metric keys get readable headings, a cell a row lacks
-    shows "–". Floats are written with `digits` decimals.
+    Columns appear in the order first seen; metric keys get readable headings (`METRIC_LABELS`, and
+    `labels` for other keys), a cell a row lacks shows "–". Floats are written with `digits` decimals.
     """
+    headings = {**METRIC_LABELS, **(labels or {})}
     columns: list[str] = []
     for metrics in rows.values():
         columns.extend(name for name in metrics if name not in columns)
     lines = [
-        "| " + " | ".join([row_heading, *(METRIC_LABELS.get(name, name) for name in columns)]) + " |",
+        "| " + " | ".join([row_heading, *(headings.get(name, name) for name in columns)]) + " |",
         "|" + "---|" * (len(columns) + 1),
     ]
     for row_name, metrics in rows.items():
