@@ -196,14 +196,43 @@ class EvaluationSet:
         return group[(group.index(item) + 1) % len(group)]
 
 
-def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+def in_batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    """Consecutive slices of `items` of `size` (the last one shorter)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-def _generator(seed: int, key: str) -> torch.Generator:
+def sample_generator(seed: int, key: str) -> torch.Generator:
     """A generator per sample, so that results do not depend on batching."""
     return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
+
+
+def predict_unit_depth(
+    pipeline,
+    images: Sequence[torch.Tensor | np.ndarray],
+    keys: Sequence[str],
+    *,
+    options: EvaluationOptions,
+    masks: Sequence[torch.Tensor] | None = None,
+    center_on_face: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image→depth by `pipeline` with the evaluation's settings, at the images' size (all one size).
+
+    Returns depth (B, H, W) in [0, 1] and where it describes the subject (B, H, W): inside `masks` when given
+    and inside the square the pipeline fitted to each image. Each image has its own generator (`keys`).
+    """
+    output = pipeline.predict_depth(
+        list(images),
+        mask=None if masks is None else [mask.numpy() for mask in masks],
+        num_inference_steps=options.depth_steps,
+        ensemble_size=options.ensemble_size,
+        training_free=options.training_free,
+        center_on_face=center_on_face,
+        match_input_size=True,
+        generator=[sample_generator(options.seed, key) for key in keys],
+        output_type="pt",
+    )
+    return torch.stack([depth[0] for depth in output.depth]), torch.stack([mask[0] for mask in output.mask])
 
 
 def _labelled(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -213,7 +242,8 @@ def _labelled(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]
     }
 
 
-def _means(accumulators: Mapping[str, MetricAccumulator]) -> dict[str, dict[str, float]]:
+def mean_rows(accumulators: Mapping[str, MetricAccumulator]) -> dict[str, dict[str, float]]:
+    """Each non-empty accumulator's means, after its number of samples (`samples`)."""
     rows = {}
     for name, accumulator in accumulators.items():
         counts = accumulator.counts()
@@ -229,14 +259,15 @@ def score_depth(
     *,
     intrinsics: Sequence[CameraIntrinsics],
     truth_normals: torch.Tensor | None = None,
+    nonnegative_scale: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Depth and normal metrics per image of an affine-invariant `prediction` (B, H, W) against metric `truth`.
 
-    The prediction is aligned to the truth by least squares on `mask` (B, H, W); normals of the aligned depth
-    (through each image's `intrinsics`) are compared with `truth_normals` (B, 3, H, W), by default the normals
-    of the truth, where both are defined.
+    The prediction is aligned to the truth by least squares on `mask` (B, H, W) (the scale kept >= 0 with
+    `nonnegative_scale`); normals of the aligned depth (through each image's `intrinsics`) are compared with
+    `truth_normals` (B, 3, H, W), by default the normals of the truth, where both are defined.
     """
-    alignment = align_scale_shift(prediction, truth, mask)
+    alignment = align_scale_shift(prediction, truth, mask, nonnegative_scale=nonnegative_scale)
     metrics = depth_metrics(alignment.aligned, truth, mask, align=False)
     aligned = alignment.aligned.float()
     predicted_normals = torch.stack(
@@ -285,27 +316,12 @@ class _Evaluation:
     def _bar(self, total: int, description: str) -> tqdm:
         return tqdm(total=total, desc=description, unit="sample", disable=not self.show_progress)
 
-    def _depth_options(self) -> dict[str, Any]:
-        return {
-            "num_inference_steps": self.options.depth_steps,
-            "ensemble_size": self.options.ensemble_size,
-            "training_free": self.options.training_free,
-            "center_on_face": False,
-        }
-
     def predict_depth(
         self, images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], keys: Sequence[str], *, pipeline=None
     ) -> torch.Tensor:
         """Image→depth by `pipeline` (default: the evaluated one) at the images' size: (B, H, W) in [0, 1]."""
-        output = (pipeline or self.pipeline).predict_depth(
-            list(images),
-            mask=[mask.numpy() for mask in masks],
-            match_input_size=True,
-            generator=[_generator(self.options.seed, key) for key in keys],
-            output_type="pt",
-            **self._depth_options(),
-        )
-        return torch.stack([depth[0] for depth in output.depth])
+        depth, _ = predict_unit_depth(pipeline or self.pipeline, images, keys, options=self.options, masks=masks)
+        return depth
 
     def item_depth(self, items: Sequence[_Item]) -> torch.Tensor:
         """The predicted depth of dataset items, computed once per item."""
@@ -330,7 +346,7 @@ class _Evaluation:
         rows = {name: MetricAccumulator() for name in ("model", "mean-face template", "flat plane")}
         items = self.samples.items
         with self._bar(len(items), "image→depth") as bar:
-            for batch in _batches(items, self.options.batch_size):
+            for batch in in_batches(items, self.options.batch_size):
                 images = torch.stack([item.rgb for item in batch])
                 truth = torch.stack([item.depth for item in batch])
                 mask = torch.stack([item.mask for item in batch])
@@ -342,7 +358,7 @@ class _Evaluation:
                 for name, prediction in predictions.items():
                     rows[name].update(score_depth(prediction, truth, mask, intrinsics=cameras, truth_normals=normals))
                 bar.update(len(batch))
-        return {"rows": _means(rows)}
+        return {"rows": mean_rows(rows)}
 
     def depth_to_image(self) -> dict[str, Any]:
         image_rows = {name: MetricAccumulator() for name in ("model", "reference image, unchanged")}
@@ -353,7 +369,7 @@ class _Evaluation:
         truth_kinds = {"re-rendered under the reference's light": 0, "the sample's own image (other light)": 0}
         items = self.samples.items
         with self._bar(len(items), "depth→image") as bar:
-            for batch in _batches(items, self.options.batch_size):
+            for batch in in_batches(items, self.options.batch_size):
                 references = [self.samples.reference_of(item) for item in batch]
                 output = self.pipeline.render(
                     [item.sample.depth for item in batch],
@@ -363,7 +379,7 @@ class _Evaluation:
                     training_free=self.options.training_free,
                     center_on_face=False,
                     match_input_size=True,
-                    generator=[_generator(self.options.seed, item.key) for item in batch],
+                    generator=[sample_generator(self.options.seed, item.key) for item in batch],
                     output_type="pt",
                 )
                 generated = torch.stack(output.rgb)
@@ -386,8 +402,8 @@ class _Evaluation:
                 bar.update(len(batch))
         section = {
             "ground_truth": {kind: count for kind, count in truth_kinds.items() if count},
-            "image": {"rows": _means(image_rows)},
-            "geometry": {"rows": _means(geometry_rows)},
+            "image": {"rows": mean_rows(image_rows)},
+            "geometry": {"rows": mean_rows(geometry_rows)},
         }
         if rerender_psnr:
             section["rerender_check_psnr"] = min(rerender_psnr)
@@ -430,14 +446,14 @@ class _Evaluation:
             self.notes.append(f"joint: identity consistency skipped ({candidates.reason})")
         references = self.samples.items
         with self._bar(len(references), "joint generation") as bar:
-            for batch in _batches(references, max(1, self.options.batch_size // samples_per_reference)):
+            for batch in in_batches(references, max(1, self.options.batch_size // samples_per_reference)):
                 keys = [f"{item.key}#seed{seed}" for item in batch for seed in range(samples_per_reference)]
                 output = self.pipeline.generate(
                     [item.sample.rgb for item in batch],
                     num_samples=samples_per_reference,
                     num_inference_steps=self.options.steps,
                     center_on_face=False,
-                    generator=[_generator(self.options.seed, key) for key in keys],
+                    generator=[sample_generator(self.options.seed, key) for key in keys],
                     output_type="pt",
                 )
                 rgb, depth = output.rgb, output.depth[:, 0]
@@ -454,11 +470,11 @@ class _Evaluation:
                         identity.update(candidates.score(reference, rgb[members], depth[members]))
                 bar.update(len(batch))
         section: dict[str, Any] = {"samples_per_reference": samples_per_reference}
-        section["consistency"] = {"rows": _means({"generated RGB vs generated depth": consistency})}
+        section["consistency"] = {"rows": mean_rows({"generated RGB vs generated depth": consistency})}
         if samples_per_reference > 1:
-            section["diversity"] = {"rows": _means({"between seeds": diversity})}
+            section["diversity"] = {"rows": mean_rows({"between seeds": diversity})}
         if candidates.usable:
-            rows = _means({"generated": identity})
+            rows = mean_rows({"generated": identity})
             rows["generated"]["chance_pct"] = 100.0 / candidates.identity_count
             section["identity"] = {"rows": rows}
         return section
@@ -481,7 +497,7 @@ class _Evaluation:
             self.notes.append("relighting: no evaluated sample has relit_K.png with its light in meta.json")
             return {}
         with self._bar(len(items), "relighting") as bar:
-            for batch in _batches(items, self.options.batch_size):
+            for batch in in_batches(items, self.options.batch_size):
                 for item, predicted in zip(batch, self.item_depth(batch)):
                     mask = item.mask
                     # Depth maps for the pipeline: NaN marks the background as invalid.
@@ -512,7 +528,7 @@ class _Evaluation:
                             relit = relight(item.rgb, normals, target, mask=mask, original_light=original).image
                             rows[exact_normals].update(image_metrics(relit, truth, mask))
                     bar.update()
-        return {"rows": _means(rows)}
+        return {"rows": mean_rows(rows)}
 
     def speed(self) -> dict[str, Any]:
         pipeline, item = self.pipeline, self.samples.items[0]
@@ -705,17 +721,29 @@ def _table(section: Mapping[str, Any]) -> str:
 
 
 def format_report(results: Mapping[str, Any], *, title: str = "Evaluation") -> str:
-    """The results of `evaluate` as a Markdown report: what was compared, then one table per measure."""
+    """The results of `evaluate` as a Markdown report: what was compared, then one table per measure; then the
+    real-data sections of `evaluation.real_data`, when `results` has them (as `real_data`)."""
+    lines = [f"# {title}", ""]
+    if "command" in results:
+        lines += [f"Command: `{results['command']}`", ""]
+    if "options" in results:
+        lines.append(_format_synthetic(results))
+    if "real_data" in results:
+        # Imported here: the real-data evaluation builds on this module.
+        from rgbd_portrait.evaluation.real_data import format_real_report
+
+        lines.append(format_real_report(results["real_data"]))
+    return "\n".join(lines)
+
+
+def _format_synthetic(results: Mapping[str, Any]) -> str:
     options = results["options"]
     settings = results["model_settings"]
     steps = options["steps"] or settings["default_steps"]
     depth_steps = options["depth_steps"] or settings["depth_steps"]
     ensemble = options["ensemble_size"] or settings["ensemble_size"]
     variant = "latent replacement (training-free)" if options["training_free"] else "channel-wise inpainting"
-    lines = [f"# {title}", ""]
-    if "command" in results:
-        lines += [f"Command: `{results['command']}`", ""]
-    lines += [
+    lines = [
         f"Data: `{results['data']}`, split `{results['split']}`: {results['samples']} samples of "
         f"{results['identities']} identities. Device: {results['device']}. Model resolution "
         f"{settings['resolution']} px; image→depth {depth_steps} steps × {ensemble} ensemble, depth→image and "
@@ -821,7 +849,11 @@ __all__ = [
     "describe_device",
     "evaluate",
     "format_report",
+    "in_batches",
     "load_template",
+    "mean_rows",
+    "predict_unit_depth",
+    "sample_generator",
     "score_depth",
     "write_report",
 ]
