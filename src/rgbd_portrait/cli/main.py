@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "rgbd_portrait.cli.animate",
     "rgbd_portrait.cli.eval",
     "rgbd_portrait.cli.demo",
+    "rgbd_portrait.cli.app",
 )
 
 
