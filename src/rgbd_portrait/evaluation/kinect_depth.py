@@ -139,7 +139,11 @@ def evaluate_kinect_depth(
     names = ["model", *([BASELINE_MODEL] if baseline_pipeline is not None else []), RADIAL, FACE_MESH]
     rows = {name: MetricAccumulator() for name in names}
     without_face, few_landmarks, scored_keys, landmark_counts, sheet_rows = [], [], [], [], []
-    for folder in tqdm(folders, desc="rap3df: image→depth", unit="capture", disable=not show_progress):
+    # The sheet shows captures spread over the list, so that it holds several poses and people.
+    sheet_indices = {round(index) for index in np.linspace(0, len(folders) - 1, SHEET_PEOPLE)}
+    for index, folder in enumerate(
+        tqdm(folders, desc="rap3df: image→depth", unit="capture", disable=not show_progress)
+    ):
         capture = read_capture(folder)
         landmarks = find_landmarks(capture.rgb)
         if landmarks is None:
@@ -170,7 +174,7 @@ def evaluate_kinect_depth(
             )
         mesh_depth = torch.as_tensor(np.asarray(landmarks, dtype=np.float64)[:, 2])
         rows[FACE_MESH].update({"landmark_spearman": rank_correlation(mesh_depth, kinect_values, scored)})
-        if len(sheet_rows) < SHEET_PEOPLE:
+        if index in sheet_indices:
             sheet_rows.append(_sheet_row(capture, region, predictions))
     results: dict[str, Any] = {
         "data": str(root),
@@ -183,6 +187,7 @@ def evaluate_kinect_depth(
     }
     if landmark_counts:
         results["landmarks_per_capture"] = float(np.mean(landmark_counts))
+    if sheet_rows:
         results["sheet"] = write_sheet(Path(out_dir) / SHEET_NAME, sheet_rows).name
     return results
 
@@ -191,7 +196,7 @@ def _sheet_row(capture: KinectCapture, region: torch.Tensor, predictions: Mappin
     """The image, the Kinect depth and each prediction, colourised over the scored pixels (near = red)."""
     valid = region.numpy()
     row = [
-        (capture.name, capture.rgb),
+        (f"{capture.person[:6]} {capture.name}", capture.rgb),
         ("Kinect depth", colorize_depth(capture.depth.numpy(), mask=valid, value_range=None)),
     ]
     for name, depth in predictions.items():
