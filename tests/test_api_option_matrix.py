@@ -88,6 +88,7 @@ SAMPLE_VALUES = {
     ("animate", "reference"): [
         ("path", lambda folder: folder / "a.png"),
         ("PIL", lambda folder: Image.open(folder / "b.jpg")),
+        ("a.png and PIL b.jpg", _two_images),
     ],
     ("render", "depth"): [
         TWO_DEPTHS,

@@ -138,7 +138,10 @@ def prepare_animation(
     # The resolution is all that is checked here; steps and guidance are checked by `iter_animation`.
     pipeline.check_inputs(num_inference_steps=1, guidance_scale=1.0, output_type="np", resolution=side)
     features = make_audio_features(motion.config.audio_features, encoder_path=audio_encoder)
-    (image,) = read_images(reference, argument="reference")
+    images = read_images(reference, argument="reference")
+    if len(images) != 1:
+        raise UserInputError(f"reference: an animation has one reference image, got {len(images)}")
+    (image,) = images
     if isinstance(audio, AudioTrack):
         if seconds is not None:
             audio = AudioTrack(audio.samples[: round(seconds * audio.sample_rate)], audio.sample_rate, audio.source)
