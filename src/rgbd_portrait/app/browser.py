@@ -37,6 +37,7 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
 )
 VIEWPORT = {"width": 1280, "height": 900}
+# Every wait for the page, generous for a loaded 2-core machine.
 TIMEOUT_SECONDS = 120.0
 # True once the image in the element `selector` has a source other than `previous` and is decoded.
 _NEW_IMAGE = """([selector, previous]) => {
@@ -77,20 +78,17 @@ class AppPage:
         return image.first.get_attribute("src") if image.count() else None
 
     def _wait_for_new_image(self, element_id: str, previous: str | None) -> None:
-        self.page.wait_for_function(
-            _NEW_IMAGE, arg=[f"#{element_id} img", previous], timeout=TIMEOUT_SECONDS * 1000, polling=20
-        )
+        self.page.wait_for_function(_NEW_IMAGE, arg=[f"#{element_id} img", previous], polling=20)
 
     def upload_portrait(self, path: str | os.PathLike) -> float:
         """Upload a portrait (removing the one shown first, as a user does); the seconds until its depth image
         shows."""
-        timeout = TIMEOUT_SECONDS * 1000
         clear = self.page.locator("#portrait button[aria-label=Clear]")
         if clear.count():
             clear.click()
-            self.page.wait_for_selector("#depth-image img", state="detached", timeout=timeout)
+            self.page.wait_for_selector("#depth-image img", state="detached")
         start = time.perf_counter()
-        self.page.set_input_files("#portrait input[type=file]", str(path), timeout=timeout)
+        self.page.set_input_files("#portrait input[type=file]", str(path))
         self._wait_for_new_image("depth-image", None)
         return time.perf_counter() - start
 
@@ -126,9 +124,10 @@ def open_app_page(url: str, chromium: str) -> Iterator[AppPage]:
         )
         try:
             page = context.new_page()
+            page.set_default_timeout(TIMEOUT_SECONDS * 1000)
             app_page = AppPage(page, url)
-            page.goto(url, wait_until="load", timeout=TIMEOUT_SECONDS * 1000)
-            page.wait_for_selector("#portrait input[type=file]", state="attached", timeout=TIMEOUT_SECONDS * 1000)
+            page.goto(url, wait_until="load")
+            page.wait_for_selector("#portrait input[type=file]", state="attached")
             yield app_page
         finally:
             context.close()

@@ -27,6 +27,7 @@ MAX_STEPS = 50
 MAX_ANIMATION_SECONDS = 10.0
 ANIMATION_SECONDS = 1.0
 IMAGE_HEIGHT = 256
+MESH_HEIGHT = 360
 # Results are small (the model's resolution): shown filling their box.
 PAGE_CSS = ".result-image img { width: 100%; height: 100%; object-fit: contain; }"
 
@@ -56,6 +57,10 @@ def _image(label: str, elem_id: str) -> gr.Image:
         format="png",
         height=IMAGE_HEIGHT,
     )
+
+
+def _mesh(label: str, elem_id: str) -> gr.Model3D:
+    return gr.Model3D(label=label, elem_id=elem_id, height=MESH_HEIGHT)
 
 
 def build_page(tasks: AppTasks, examples: AppExamples, *, model_line: str) -> gr.Blocks:
@@ -90,7 +95,7 @@ def build_page(tasks: AppTasks, examples: AppExamples, *, model_line: str) -> gr
                     normals_image = _image("normals", "normals-image")
                     uncertainty_image = _image("uncertainty (ensemble spread)", "uncertainty-image")
                 with gr.Row():
-                    mesh = gr.Model3D(label="mesh (drag to turn)", elem_id="depth-mesh", height=360)
+                    mesh = _mesh("mesh (drag to turn)", "depth-mesh")
                     depth_files = gr.File(label="downloads", file_count="multiple", elem_id="depth-files")
 
             with gr.Tab("Relight"), gr.Row():
@@ -117,7 +122,7 @@ def build_page(tasks: AppTasks, examples: AppExamples, *, model_line: str) -> gr
                 generate_button = gr.Button("generate RGB + depth of the portrait's identity", variant="primary")
                 with gr.Row():
                     generated = gr.Gallery(label="images and their depth", columns=4, elem_id="generated")
-                    generated_mesh = gr.Model3D(label="mesh of the first image", height=360)
+                    generated_mesh = _mesh("mesh of the first image", "generated-mesh")
                 generated_zip = gr.File(label="every result (zip)")
 
             with gr.Tab("Render"):
@@ -129,7 +134,7 @@ def build_page(tasks: AppTasks, examples: AppExamples, *, model_line: str) -> gr
                 with gr.Row():
                     rendered = gr.Gallery(label="images", columns=4, elem_id="rendered")
                     rendered_depth = _image("the depth, as the model read it", "rendered-depth")
-                    rendered_mesh = gr.Model3D(label="mesh of the first image", height=360)
+                    rendered_mesh = _mesh("mesh of the first image", "rendered-mesh")
                 rendered_zip = gr.File(label="every result (zip)")
 
             with gr.Tab("Animate"):

@@ -76,6 +76,12 @@ def _portrait(path: str | None) -> str:
     return path
 
 
+def _seed(value: float | None) -> int:
+    if value is None:  # the number field was emptied
+        raise UserInputError("seed: empty; give a whole number")
+    return int(value)
+
+
 def _lighting(light: str, azimuth: float, elevation: float, intensity: float) -> DirectionalLight | str:
     """What the pipeline's `relight` takes for the light controls: a lamp at the angles, or a preset's name."""
     if light == LAMP:
@@ -108,7 +114,7 @@ class AppTasks:
             self.pipeline,
             [portrait],
             self._new_folder("depth"),
-            seed=int(seed),
+            seed=_seed(seed),
             export=DEPTH_EXPORT,
             progress=False,
             ensemble_size=int(ensemble),
@@ -192,7 +198,7 @@ class AppTasks:
             _portrait(portrait),
             out,
             num_samples=int(samples),
-            seed=int(seed),
+            seed=_seed(seed),
             num_inference_steps=int(steps),
             guidance_scale=float(guidance),
         )
@@ -217,7 +223,7 @@ class AppTasks:
             reference,
             out,
             num_samples=int(samples),
-            seed=int(seed),
+            seed=_seed(seed),
             num_inference_steps=int(steps),
             guidance_scale=float(guidance),
         )
@@ -236,7 +242,7 @@ class AppTasks:
             audio,
             self._new_folder("animate"),
             seconds=float(seconds),
-            seed=int(seed),
+            seed=_seed(seed),
             num_inference_steps=int(steps),
             guidance_scale=float(guidance),
         )
