@@ -219,11 +219,11 @@ def evaluate_real_relighting(
             all_pairs[name].update(scores)
         if (source, target) == SHEET_PAIR and len(sheet_rows) < SHEET_PEOPLE:
             # Short captions: a sheet's column is as wide as a photo.
-            captions = {UNRELIT: f"input {lights[source].stem[-8:]}"}
+            captions = {UNRELIT: f"input {lights[source].stem[-9:]}"}
             captions |= {name: name.replace(BASELINE_MODEL, "baseline").replace(", light ", ", ") for name in names[1:]}
             sheet_rows.append(
                 [(captions[name], image[0].numpy()) for name, image in results.items()]
-                + [(f"photo {lights[target].stem[-8:]}", truth[0].numpy())]
+                + [(f"photo {lights[target].stem[-9:]}", truth[0].numpy())]
             )
     section: dict[str, Any] = {
         "data": str(root),
