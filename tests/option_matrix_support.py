@@ -11,11 +11,9 @@ import soundfile
 import torch
 from PIL import Image
 
-from rgbd_portrait.data.audio import LogMelFeatures
 from rgbd_portrait.data.synth.speech import synthesize_speech
 from rgbd_portrait.models import RGBDPortraitModel
-from rgbd_portrait.models.motion import MotionLayers
-from rgbd_portrait.models.testing import tiny_model_section
+from rgbd_portrait.models.testing import add_tiny_motion_layers, tiny_model_section
 
 SIDE = 16  # the tiny model's resolution
 # Input sizes differ from each other and, but for c.png (exactly the model's square), are neither square nor
@@ -33,16 +31,7 @@ def write_tiny_talking_model(folder: Path) -> Path:
     model = RGBDPortraitModel.from_config(
         tiny_model_section(resolution=SIDE, default_steps=1, depth_steps=1, ensemble_size=1)
     )
-    motion = MotionLayers.for_backbone(
-        model.backbone,
-        audio_features=LogMelFeatures(n_mels=8),
-        num_attention_heads=4,
-        audio_token_dim=16,
-        max_frames=8,
-        window_frames=4,
-        motion_frames=1,
-    )
-    model.add_motion_layers(motion)
+    add_tiny_motion_layers(model)
     return model.save_pretrained(folder)
 
 

@@ -28,10 +28,8 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from rgbd_portrait.app.server import start_app  # noqa: E402
 from rgbd_portrait.app.tasks import DEPTH_DOWNLOADS  # noqa: E402
 from rgbd_portrait.cli.main import main  # noqa: E402
-from rgbd_portrait.data.audio import LogMelFeatures  # noqa: E402
 from rgbd_portrait.models import RGBDPortraitModel  # noqa: E402
-from rgbd_portrait.models.motion import MotionLayers  # noqa: E402
-from rgbd_portrait.models.testing import tiny_model_section  # noqa: E402
+from rgbd_portrait.models.testing import add_tiny_motion_layers, tiny_model_section  # noqa: E402
 from rgbd_portrait.pipelines import RGBDPortraitPipeline  # noqa: E402
 
 SIDE = 32
@@ -44,16 +42,7 @@ CLIENT_OPTIONS = {"verbose": False, "httpx_kwargs": {"timeout": 120}}
 def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     model = RGBDPortraitModel.from_config(tiny_model_section(resolution=SIDE, default_steps=1, ensemble_size=2))
-    motion = MotionLayers.for_backbone(
-        model.backbone,
-        audio_features=LogMelFeatures(n_mels=8),
-        num_attention_heads=4,
-        audio_token_dim=16,
-        max_frames=8,
-        window_frames=4,
-        motion_frames=1,
-    )
-    model.add_motion_layers(motion)
+    add_tiny_motion_layers(model)
     folder = tmp_path_factory.mktemp("model") / "talking"
     model.save_pretrained(folder)
     return folder

@@ -51,3 +51,20 @@ def tiny_model_section(**overrides: Any) -> dict[str, Any]:
         "default_steps": 4,
     }
     return section | overrides
+
+
+def add_tiny_motion_layers(model, *, window_frames: int = 4, motion_frames: int = 1) -> None:
+    """Give a tiny model small random talking-head layers (log-mel audio), for tests of animation."""
+    from rgbd_portrait.data.audio import LogMelFeatures
+    from rgbd_portrait.models.motion import MotionLayers
+
+    motion = MotionLayers.for_backbone(
+        model.backbone,
+        audio_features=LogMelFeatures(n_mels=8),
+        num_attention_heads=4,
+        audio_token_dim=16,
+        max_frames=8,
+        window_frames=window_frames,
+        motion_frames=motion_frames,
+    )
+    model.add_motion_layers(motion)
