@@ -5,7 +5,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from rgbd_portrait.data.dataset import PortraitDataset, PortraitMixture, observed_depth_region, resize_sample_tensors
+from rgbd_portrait.data.dataset import (
+    PortraitDataset,
+    PortraitMixture,
+    backdrop_colour,
+    observed_depth_region,
+    resize_sample_tensors,
+)
 from rgbd_portrait.data.sample_format import PortraitSample, write_sample, write_sequence
 from rgbd_portrait.data.shards import pack_shards
 from rgbd_portrait.data.synth import render_dataset
@@ -66,6 +72,30 @@ def test_items_follow_the_model_conventions(root):
     assert torch.isclose(far, torch.quantile(raw[mask == 1], 0.98))
     assert item["identity"] == "anna" and item["depth_source"] == "exact"
     assert {dataset[i]["depth_source"] for i in range(len(dataset))} == {"exact", "pseudo"}
+
+
+def test_items_come_on_a_flat_backdrop_too(root):
+    dataset = PortraitDataset(root)
+    for index, entry in enumerate(dataset.entries):
+        item = dataset.get(index, epoch=0)
+        person = item["mask"].expand(3, -1, -1) > 0.5
+        colour = backdrop_colour(entry.key).view(3, 1, 1).expand(3, SIZE, SIZE)
+        assert torch.equal(item["rgb_on_backdrop"][person], item["rgb"][person])
+        assert torch.equal(item["rgb_on_backdrop"][~person], colour[~person])
+    # The reference comes on its own backdrop: the one its own item has.
+    anna = [index for index, entry in enumerate(dataset.entries) if entry.identity == "anna"]
+    item = dataset.get(anna[0], epoch=0)
+    reference = next(other for other in anna if torch.equal(dataset.get(other, epoch=0)["rgb"], item["reference_rgb"]))
+    assert torch.equal(item["reference_rgb_on_backdrop"], dataset.get(reference, epoch=0)["rgb_on_backdrop"])
+
+
+def test_backdrops_are_fixed_per_key_black_for_about_half():
+    colours = [backdrop_colour(f"person_{index}") for index in range(400)]
+    assert torch.equal(backdrop_colour("person_3"), colours[3])
+    black = sum(bool((colour == -1).all()) for colour in colours)
+    assert 160 < black < 240
+    others = torch.stack([colour for colour in colours if not (colour == -1).all()])
+    assert others.min() >= -1 and others.max() <= 1 and others.std() > 0.4
 
 
 def test_reference_is_another_image_of_the_same_identity(root):

@@ -5,11 +5,13 @@ written by `rgbd-portrait synth` or `rgbd-portrait prepare`) and shards (`*.tar`
 `rgbd_portrait.data.shards`). Frames of talking sequences are left out unless `include_sequences=True`.
 Each item pairs the sample with a reference: another sample of the same identity, chosen per epoch (the
 sample's mirror image when its identity has no other). `PortraitMixture` joins several such data sets, each
-with a share of the training stream.
+with a share of the training stream. Every item also comes on a flat backdrop (`on_backdrop`), for training
+on cut-out photos.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +119,20 @@ def observed_depth_region(meta: dict[str, Any], mask: torch.Tensor, stored_size:
     return torch.from_numpy(np.asarray(canvas, dtype=np.float32))[None] * mask
 
 
+def backdrop_colour(key: str) -> torch.Tensor:
+    """The flat backdrop (3,) in [-1, 1] of the sample `key`: black for half the keys, as depth cameras and
+    background removers leave it, a random colour for the others; fixed per key, so cached latents hold."""
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+    if rng.random() < 0.5:
+        return torch.full((3,), -1.0)
+    return torch.from_numpy(rng.uniform(-1.0, 1.0, size=3)).float()
+
+
+def on_backdrop(rgb: torch.Tensor, mask: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """The person of `rgb` (3, H, W) on the flat `colour` (3,) outside `mask` (1, H, W)."""
+    return rgb * mask + colour.view(3, 1, 1) * (1.0 - mask)
+
+
 class PortraitDataset(Dataset):
     """Samples of one split as dicts of tensors, each with a reference image of the same identity.
 
@@ -126,6 +142,7 @@ class PortraitDataset(Dataset):
         mask           (1, H, W) float, 1 on the person
         depth_range    (2,) the depths (in the sample's units) that map to -1 and +1
         reference_rgb  (3, H, W) another sample of the same identity (its mirror image if the identity has one)
+        rgb_on_backdrop, reference_rgb_on_backdrop   both on their `backdrop_colour` (`on_backdrop`)
         pseudo_depth   () float, 1 when the depth is pseudo-depth (`meta["depth_source"] == "pseudo"`)
         depth_observed (1, H, W) float, 1 where the depth was observed (`observed_depth_region`)
         identity, key, depth_source   strings
@@ -200,8 +217,14 @@ class PortraitDataset(Dataset):
         sample, rgb, depth, mask, stored_size = self._load(index)
         normalized, near, far = normalize_depth(depth[None], mask[None] > 0.5)
         reference = self.reference_index(index, epoch=epoch)
+        rgb_on_backdrop = on_backdrop(rgb, mask, backdrop_colour(self.entries[index].key))
         # A lone image is its own reference only mirrored, so the reference is never a pixel copy of the target.
-        reference_rgb = rgb.flip(-1) if reference == index else self._load(reference)[1]
+        if reference == index:
+            reference_rgb, reference_rgb_on_backdrop = rgb.flip(-1), rgb_on_backdrop.flip(-1)
+        else:
+            _, reference_rgb, _, reference_mask, _ = self._load(reference)
+            reference_colour = backdrop_colour(self.entries[reference].key)
+            reference_rgb_on_backdrop = on_backdrop(reference_rgb, reference_mask, reference_colour)
         depth_source = str(sample.meta.get("depth_source", "unknown"))
         return {
             "rgb": rgb,
@@ -209,6 +232,8 @@ class PortraitDataset(Dataset):
             "mask": mask,
             "depth_range": torch.stack((near[0], far[0])),
             "reference_rgb": reference_rgb,
+            "rgb_on_backdrop": rgb_on_backdrop,
+            "reference_rgb_on_backdrop": reference_rgb_on_backdrop,
             "pseudo_depth": torch.tensor(float(depth_source == "pseudo")),
             "depth_observed": observed_depth_region(sample.meta, mask, stored_size),
             "identity": self.entries[index].identity,

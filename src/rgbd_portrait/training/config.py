@@ -143,6 +143,10 @@ class JointStageConfig(StageConfig):
     # person outside the face mesh: hair, ears, neck). Their RGB loss is unchanged.
     pseudo_depth_weight: float = 1.0
     extrapolated_depth_weight: float = 1.0
+    # Share of the samples shown, reference too, with their background replaced by a flat backdrop (black for
+    # half the samples, a random colour for the others): cut-out photos, as depth cameras and background
+    # removers give them, are inputs too.
+    backdrop_fraction: float = 0.0
     # Denoising steps of the validation samples; None uses the model's default.
     validation_inference_steps: int | None = None
 
@@ -369,6 +373,11 @@ def check_config(config: ExperimentConfig, *, source: str = "config") -> None:
         joint.background_loss_weight >= 0,
         source,
         f"train.joint.background_loss_weight must be >= 0, got {joint.background_loss_weight}",
+    )
+    _require(
+        0.0 <= joint.backdrop_fraction <= 1.0,
+        source,
+        f"train.joint.backdrop_fraction must be in [0, 1], got {joint.backdrop_fraction}",
     )
     for weight in ("pseudo_depth_weight", "extrapolated_depth_weight"):
         value = getattr(joint, weight)

@@ -3,7 +3,8 @@
 The trainer reads samples by `(index, epoch)` pairs from `StreamBatchSampler`; the epoch decides which other
 image of the identity serves as the reference, so a resumed run sees exactly the pairs the uninterrupted run
 would have seen. `PixelSamples` serves images (the VAE encodes them at every step), `LatentSamples` serves
-cached latents (see `latent_cache`).
+cached latents (see `latent_cache`). With a `backdrop_fraction`, that share of the samples (drawn by seed, epoch
+and index) is served, reference included, on the flat backdrop of `rgbd_portrait.data.dataset.on_backdrop`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -85,11 +87,34 @@ def open_split(data: DataConfig, *, validation: bool, resolution: int, seed: int
 DEPTH_TRUST_KEYS = ("pseudo_depth", "depth_observed")
 
 
-class PixelSamples(Dataset):
-    """Images of `dataset` by (index, epoch): rgb, depth, mask, reference_rgb and the depth-trust entries."""
+# Keeps the backdrop draws apart from the other draws seeded by (seed, epoch, index).
+_BACKDROP_STREAM = 0xBD
 
-    def __init__(self, dataset: PortraitDataset | PortraitMixture):
+
+def on_backdrop_this_epoch(fraction: float, *, seed: int, epoch: int, index: int) -> bool:
+    """Whether sample `index` is served on its flat backdrop in `epoch` (a `fraction` of the draws)."""
+    return fraction > 0 and bool(np.random.default_rng([seed, epoch, index, _BACKDROP_STREAM]).random() < fraction)
+
+
+class PixelSamples(Dataset):
+    """Images of `dataset` by (index, epoch): rgb, depth, mask, reference_rgb and the depth-trust entries.
+
+    `with_backdrops` also serves both images on their backdrops (`rgb_on_backdrop`, what the latent cache
+    encodes); otherwise a `backdrop_fraction` of the samples come on their backdrops in place of their images.
+    """
+
+    def __init__(
+        self,
+        dataset: PortraitDataset | PortraitMixture,
+        *,
+        backdrop_fraction: float = 0.0,
+        seed: int = 0,
+        with_backdrops: bool = False,
+    ):
         self.dataset = dataset
+        self.backdrop_fraction = backdrop_fraction
+        self.seed = seed
+        self.with_backdrops = with_backdrops
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -97,17 +122,33 @@ class PixelSamples(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, epoch = key
         item = self.dataset.get(index, epoch=epoch)
-        return {name: item[name] for name in ("rgb", "depth", "mask", "reference_rgb", *DEPTH_TRUST_KEYS)}
+        names = ["rgb", "depth", "mask", "reference_rgb", *DEPTH_TRUST_KEYS]
+        if self.with_backdrops:
+            return {name: item[name] for name in (*names, "rgb_on_backdrop", "reference_rgb_on_backdrop")}
+        served = {name: item[name] for name in names}
+        if on_backdrop_this_epoch(self.backdrop_fraction, seed=self.seed, epoch=epoch, index=index):
+            served["rgb"], served["reference_rgb"] = item["rgb_on_backdrop"], item["reference_rgb_on_backdrop"]
+        return served
 
 
 class LatentSamples(Dataset):
-    """Cached latents by (index, epoch), with the reference the data set picks for that epoch."""
+    """Cached latents by (index, epoch), with the reference the data set picks for that epoch; a
+    `backdrop_fraction` of the samples as `PixelSamples` serves them."""
 
-    def __init__(self, latents: CachedLatents, dataset: PortraitDataset):
+    def __init__(
+        self,
+        latents: CachedLatents,
+        dataset: PortraitDataset | PortraitMixture,
+        *,
+        backdrop_fraction: float = 0.0,
+        seed: int = 0,
+    ):
         if len(latents) != len(dataset):
             raise ValueError(f"the latent cache holds {len(latents)} samples, the data set {len(dataset)}")
         self.latents = latents
         self.dataset = dataset
+        self.backdrop_fraction = backdrop_fraction
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.latents)
@@ -115,12 +156,14 @@ class LatentSamples(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, epoch = key
         reference = self.dataset.reference_index(index, epoch=epoch)
-        reference_latents = self.latents.rgb[reference]
+        on_backdrop = on_backdrop_this_epoch(self.backdrop_fraction, seed=self.seed, epoch=epoch, index=index)
+        rgb = self.latents.rgb_on_backdrop if on_backdrop else self.latents.rgb
+        reference_latents = rgb[reference]
         if reference == index:
             # The data set mirrors a lone image to serve as its reference; its latents mirror with it.
             reference_latents = reference_latents.flip(-1)
         return {
-            "rgb_latents": self.latents.rgb[index],
+            "rgb_latents": rgb[index],
             "depth_latents": self.latents.depth[index],
             "foreground": self.latents.foreground[index],
             "reference_latents": reference_latents,

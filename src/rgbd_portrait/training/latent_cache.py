@@ -4,7 +4,8 @@ With the VAE frozen in the joint stage, encoding the same images at every epoch 
 it is most of the work. A cache folder holds::
 
     index.json               what was encoded (fingerprint), how many samples, the shard files
-    shard-00000.safetensors  rgb (n, C, h, w), depth (n, C, h, w): scaled latents; foreground and
+    shard-00000.safetensors  rgb, rgb_on_backdrop (the image on its flat backdrop), depth (n, C, h, w): scaled
+                             latents; foreground and
                              depth_observed (n, 1, h, w): each latent cell's share of the person and of
                              observed depth; pseudo_depth (n,): 1 for pseudo-depth samples
 
@@ -31,7 +32,7 @@ from rgbd_portrait.models.codec import LatentCodec
 from rgbd_portrait.training.joint_objective import latent_foreground
 
 INDEX_FILE = "index.json"
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 
 def cache_fingerprint(codec: LatentCodec, sample_names: Sequence[str], resolution: int) -> str:
@@ -63,6 +64,7 @@ def encode_shard(
     loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, num_workers=num_workers)
     parts: dict[str, list[torch.Tensor]] = {
         "rgb": [],
+        "rgb_on_backdrop": [],
         "depth": [],
         "foreground": [],
         "depth_observed": [],
@@ -74,6 +76,7 @@ def encode_shard(
         rgb_latents, depth_latents = latents.chunk(2, dim=1)
         latent_size = tuple(latents.shape[2:])
         parts["rgb"].append(rgb_latents)
+        parts["rgb_on_backdrop"].append(codec.encode_rgb(batch["rgb_on_backdrop"].to(device)).float().cpu())
         parts["depth"].append(depth_latents)
         parts["foreground"].append(latent_foreground(batch["mask"], latent_size))
         parts["depth_observed"].append(latent_foreground(batch["depth_observed"], latent_size))
@@ -143,6 +146,7 @@ class CachedLatents:
         index = json.loads((directory / INDEX_FILE).read_text())
         shards = [load_file(directory / name) for name in index["shards"]]
         self.rgb = torch.cat([shard["rgb"] for shard in shards])
+        self.rgb_on_backdrop = torch.cat([shard["rgb_on_backdrop"] for shard in shards])
         self.depth = torch.cat([shard["depth"] for shard in shards])
         self.foreground = torch.cat([shard["foreground"] for shard in shards])
         self.depth_observed = torch.cat([shard["depth_observed"] for shard in shards])

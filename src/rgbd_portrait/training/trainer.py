@@ -171,6 +171,11 @@ def _collate_first(dataset: Dataset, count: int) -> dict[str, torch.Tensor]:
     return next(iter(loader))
 
 
+def _backdrop_fraction(recipe) -> float:
+    """The share of images a recipe's stage trains on flat backdrops (only the joint stage has one)."""
+    return getattr(recipe.stage, "backdrop_fraction", 0.0)
+
+
 class _EpochZero(Dataset):
     """Items (i, 0) of a dataset read by (index, epoch) pairs, under plain indices."""
 
@@ -287,21 +292,24 @@ class Trainer:
             validation_set = open_split(data, validation=True, resolution=resolution, seed=self.config.train.seed)
         return train_set, validation_set
 
-    @staticmethod
-    def _samples(recipe, dataset) -> Dataset:
-        """What a step reads from `dataset` by (index, epoch): clips for the motion stage, images otherwise."""
-        return recipe.samples(dataset) if isinstance(recipe, MotionRecipe) else PixelSamples(dataset)
+    def _samples(self, recipe, dataset, *, training: bool) -> Dataset:
+        """What a step reads from `dataset` by (index, epoch): clips for the motion stage, images otherwise
+        (validation images as they are, training images on backdrops as the stage says)."""
+        if isinstance(recipe, MotionRecipe):
+            return recipe.samples(dataset)
+        backdrop_fraction = _backdrop_fraction(recipe) if training else 0.0
+        return PixelSamples(dataset, backdrop_fraction=backdrop_fraction, seed=self.config.train.seed)
 
     def _training_samples(self, recipe, train_set, model: RGBDPortraitModel) -> Dataset:
         if not getattr(recipe, "uses_latents", False):
-            return self._samples(recipe, train_set)
+            return self._samples(recipe, train_set, training=True)
         data = self.config.data
         fingerprint = cache_fingerprint(model.codec, [entry.key for entry in train_set.entries], train_set.resolution)
         cache_root = Path(data.cache_dir) if data.cache_dir else self.folders.latent_cache
         directory = build_latent_cache(
             cache_root / fingerprint,
             codec=model.codec,
-            dataset=_EpochZero(PixelSamples(train_set)),
+            dataset=_EpochZero(PixelSamples(train_set, with_backdrops=True)),
             fingerprint=fingerprint,
             rank=self.rank,
             world_size=self.world_size,
@@ -310,7 +318,12 @@ class Trainer:
             num_workers=data.num_workers,
             show_progress=self.show_progress and self.is_main,
         )
-        return LatentSamples(CachedLatents(directory), train_set)
+        return LatentSamples(
+            CachedLatents(directory),
+            train_set,
+            backdrop_fraction=_backdrop_fraction(recipe),
+            seed=self.config.train.seed,
+        )
 
     def _calibration_batches(self, train_set, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         """The first `CALIBRATION_SAMPLES` training samples (epoch 0), in batches, on the device."""
@@ -399,7 +412,8 @@ class Trainer:
         logger = MetricsLogger(folders.logs(name), resume_step=state.step) if self.is_main else None
         validation_batch = (
             _collate_first(
-                self._samples(recipe, validation_set), min(len(validation_set), config.data.validation_samples)
+                self._samples(recipe, validation_set, training=False),
+                min(len(validation_set), config.data.validation_samples),
             )
             if validation_set is not None and stage.validate_every > 0 and self.is_main
             else None
