@@ -52,6 +52,35 @@ def test_losses_fall_by_half_on_eight_samples(tmp_path, data_root):
     assert (tmp_path / "run" / "joint" / "validation" / "step-00000100.png").is_file()
 
 
+def test_decoder_alone_fine_tunes_into_the_same_latent_space(tmp_path, data_root):
+    codec = {"max_steps": 4, "batch_size": 4, "learning_rate": 2e-3, "validate_every": 0}
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    first = train(
+        _config(tmp_path / "first", data_root, train={"stages": ["codec"], "codec": codec}), show_progress=False
+    )
+    second = train(
+        _config(
+            tmp_path / "second",
+            data_root,
+            train={"stages": ["codec"], "codec": codec | {"train_encoder": False}},
+            overrides=[f"model={{pretrained: {first}}}"],
+        ),
+        show_progress=False,
+    )
+    before, after = (RGBDPortraitModel.from_pretrained(folder).vae for folder in (first, second))
+    assert (after.config.scaling_factor, after.config.shift_factor) == (
+        before.config.scaling_factor,
+        before.config.shift_factor,
+    )
+    for name in ("encoder", "quant_conv", "decoder"):
+        unchanged = all(
+            torch.equal(a, b)
+            for a, b in zip(getattr(before, name).state_dict().values(), getattr(after, name).state_dict().values())
+        )
+        assert unchanged == (name != "decoder"), name
+
+
 def _resume_config(tmp_path, data_root, **extra):
     return _config(
         tmp_path,

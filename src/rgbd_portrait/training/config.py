@@ -51,7 +51,8 @@ class SynthesisConfig:
 
 @dataclass
 class DataSourceConfig:
-    """A further data folder mixed into the image stages' training and validation splits."""
+    """A further data folder mixed into a stage's training and validation splits (`data.sources` for the image
+    stages, `train.motion.sources` for talking sequences)."""
 
     root: str = MISSING
     # Share of the training stream relative to the other sources (`data.root_weight` for `data.root`),
@@ -115,6 +116,9 @@ class CodecStageConfig(StageConfig):
     depth_weight: float = 1.0
     # Train on random square crops of this side (the VAE is convolutional): cheaper steps; None = whole images.
     crop_size: int | None = None
+    # False fine-tunes the decoder alone: the latent space, its calibration and a diffusion model trained on it
+    # stay valid, so a better decoder drops into a trained model.
+    train_encoder: bool = True
 
 
 @dataclass
@@ -174,6 +178,10 @@ class MotionStageConfig(StageConfig):
     batch_size: int = 2  # clips per process and micro-batch
     # Where the talking sequences are (synthetic or prepared videos, any depth below); None reads data.root.
     data_root: str | None = None
+    # `data_root`'s (or data.root's) share of the clips when `sources` mixes in more folders of sequences.
+    data_root_weight: float = 1.0
+    # Further folders of talking sequences (e.g. prepared real videos), each with its share of the clips.
+    sources: list[DataSourceConfig] = field(default_factory=list)
     clip_frames: int = 12
     # Frames at the start of a clip given as known (the sampler's motion frames from the previous window).
     motion_frames: int = 2
@@ -429,6 +437,15 @@ def _check_motion_stage(motion: MotionStageConfig, source: str) -> None:
     for name in ("background_loss_weight", "dynamic_loss_weight"):
         value = getattr(motion, name)
         _require(value >= 0, source, f"train.motion.{name} must be >= 0, got {value}")
+    _require(
+        motion.data_root_weight > 0,
+        source,
+        f"train.motion.data_root_weight must be positive, got {motion.data_root_weight}",
+    )
+    for position, extra in enumerate(motion.sources):
+        _require(
+            extra.weight > 0, source, f"train.motion.sources[{position}].weight must be positive, got {extra.weight}"
+        )
     _require(
         motion.validation_inference_steps is None or motion.validation_inference_steps > 0,
         source,

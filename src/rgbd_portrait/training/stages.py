@@ -59,6 +59,10 @@ class CodecRecipe:
     def __init__(self, model: RGBDPortraitModel, stage: CodecStageConfig):
         model.denoiser.requires_grad_(False)
         model.vae.requires_grad_(True)
+        if not stage.train_encoder:
+            for part in (model.vae.encoder, model.vae.quant_conv):
+                if part is not None:
+                    part.requires_grad_(False)
         self.model = model
         self.stage = stage
         self.module = CodecTrainingModule(model.vae)
@@ -77,8 +81,12 @@ class CodecRecipe:
         return validate_codec(self.model.vae, batch, path)
 
     def finish(self, batches: Iterable[Batch]) -> dict[str, float]:
-        """Calibrate the latent scale on training batches, before the stage's model is saved."""
-        shift, scale = calibrate_latent_scale(self.model.vae, batches)
+        """Calibrate the latent scale on training batches, before the stage's model is saved (a frozen encoder
+        keeps the scale it has)."""
+        if self.stage.train_encoder:
+            shift, scale = calibrate_latent_scale(self.model.vae, batches)
+        else:
+            shift, scale = self.model.vae.config.shift_factor, self.model.vae.config.scaling_factor
         return {"latent_shift": shift, "latent_scale": scale}
 
 
