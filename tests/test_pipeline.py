@@ -112,28 +112,47 @@ def test_predict_depth_ensembles_once_per_call_and_maps_back(pipe, reference_net
 
 
 def test_every_second_ensemble_member_sees_the_mirror_image(pipe, monkeypatch):
-    known = []
-    sample = pipe._sample
+    encoded, member_latents = [], []
+    encode, sample = pipe.model.codec.encode_rgb, pipe._sample
 
-    def spy(**options):
-        known.append(options["known_rgb"].clone())
+    def encode_spy(rgb):
+        encoded.append(rgb.clone())
+        return encode(rgb)
+
+    def sample_spy(**options):
+        member_latents.append(options["known_rgb_latents"].clone())
         return sample(**options)
 
     # Whatever the latents, each member decodes to the same depth, rising to the right and not affine in the
     # column (a mirrored ramp would be one after alignment): mirrored back, the pair is symmetric.
     ramp = (torch.linspace(0.0, 1.0, SIDE) ** 2 * 2.0 - 1.0).expand(1, 1, SIDE, SIDE)
-    monkeypatch.setattr(pipe, "_sample", spy)
+    monkeypatch.setattr(pipe.model.codec, "encode_rgb", encode_spy)
+    monkeypatch.setattr(pipe, "_sample", sample_spy)
     monkeypatch.setattr(pipe.model.codec, "decode_depth", lambda latents: ramp.expand(len(latents), -1, -1, -1))
     square = _image(SIDE, SIDE)
     out = pipe.predict_depth([square, _image(SIDE, SIDE, seed=3)], ensemble_size=2, output_type="pt", **FAST)
-    members = known[0]
-    assert members.shape == (4, 3, SIDE, SIDE)
-    torch.testing.assert_close(members[1], members[0].flip(-1))
-    torch.testing.assert_close(members[3], members[2].flip(-1))
-    assert not torch.equal(members[0], members[2])
+    # One encoding for the whole call: the two images, then their mirror images; the reference reuses the first two.
+    assert len(encoded) == 1
+    views = encoded[0]
+    assert views.shape == (4, 3, SIDE, SIDE)
+    torch.testing.assert_close(views[2], views[0].flip(-1))
+    torch.testing.assert_close(views[3], views[1].flip(-1))
+    assert not torch.equal(views[0], views[1])
+    latents = encode(views)
+    torch.testing.assert_close(member_latents[0], latents[[0, 2, 1, 3]])
     depth = out.depth[0][0]
     torch.testing.assert_close(depth, depth.flip(-1), atol=1e-5, rtol=0)
     assert depth.max() - depth.min() > 0.5 and out.uncertainty[0].max() > 0.05
+
+
+def test_image_to_depth_does_not_depend_on_the_place_in_the_batch(pipe):
+    images = [_image(seed=1), _image(seed=2)]
+    for members in (1, 3):
+        together = pipe.predict_depth(
+            images, ensemble_size=members, generator=[_generator(1), _generator(2)], output_type="pt", **FAST
+        )
+        alone = pipe.predict_depth(images[1], ensemble_size=members, generator=_generator(2), output_type="pt", **FAST)
+        torch.testing.assert_close(together.depth[1:], alone.depth, atol=1e-5, rtol=0)
 
 
 def test_channel_inpainting_and_training_free_variants_condition_differently(pipe, monkeypatch):

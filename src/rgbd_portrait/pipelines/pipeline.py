@@ -265,10 +265,22 @@ class RGBDPortraitPipeline:
         """(B, 3, S, S) in [0, 1] → latents on the device."""
         return self.model.codec.encode_rgb(pixels.to(self.device, self.dtype) * 2.0 - 1.0)
 
-    def _encode_reference(self, pixels: torch.Tensor) -> ReferenceFeatures:
-        """Reference features of (B, 3, S, S) images in [0, 1]: one reference-net run for the whole call."""
+    def _encode_reference(self, pixels: torch.Tensor, *, latents: torch.Tensor | None = None) -> ReferenceFeatures:
+        """Reference features of (B, 3, S, S) images in [0, 1]: one reference-net run for the whole call.
+
+        `latents`: the images' latents when the caller has already encoded them (they are not encoded again).
+        """
         rgb = pixels.to(self.device, self.dtype) * 2.0 - 1.0
-        return self.model.encode_reference(self.model.codec.encode_rgb(rgb), reference_rgb=rgb)
+        if latents is None:
+            latents = self.model.codec.encode_rgb(rgb)
+        return self.model.encode_reference(latents, reference_rgb=rgb)
+
+    def _encode_views(self, pixels: torch.Tensor, ensemble_size: int) -> torch.Tensor:
+        """Latents of the images (N, 3, S, S) in [0, 1] and, for an ensemble, of their mirror images: (N, C, h, w),
+        or (2N, C, h, w) with the N mirror images last. Each distinct view is encoded once, however many ensemble
+        members see it."""
+        views = pixels if ensemble_size == 1 else torch.cat([pixels, pixels.flip(-1)])
+        return self._encode_rgb(views)
 
     @staticmethod
     def _per_sample_generators(generator: GeneratorInput, num_inputs: int, repeats: int):
@@ -292,6 +304,7 @@ class RGBDPortraitPipeline:
         repeats: int,
         known_rgb: torch.Tensor | None = None,
         known_rgb_weight: torch.Tensor | None = None,
+        known_rgb_latents: torch.Tensor | None = None,
         known_depth: torch.Tensor | None = None,
         known_depth_weight: torch.Tensor | None = None,
         start_rgb: torch.Tensor | None = None,
@@ -306,7 +319,8 @@ class RGBDPortraitPipeline:
 
         `reference`: features of N references (`_encode_reference`). Known content, in pixels: `known_rgb`
         (N, 3, S, S) in [0, 1] and `known_depth` (N, 1, S, S) normalised to [-1, 1], each with a weight
-        (N, 1, S, S) in [0, 1] (1 = known).
+        (N, 1, S, S) in [0, 1] (1 = known). `known_rgb_latents` (N, C, h, w) replaces the encoding of `known_rgb`
+        when the caller has the latents already (`known_rgb` may then be None; its weight is still needed).
         `start_rgb` (N, 3, S, S) with `strength` < 1 starts from that image noised part-way (SDEdit).
         """
         num_inputs = reference.batch_size
@@ -319,12 +333,14 @@ class RGBDPortraitPipeline:
         zeros = torch.zeros(latent_shape, device=self.device, dtype=self.dtype)
         known_parts, weight_parts = [zeros, zeros], [zeros, zeros]
         for index, (pixels, weight) in enumerate(((known_rgb, known_rgb_weight), (known_depth, known_depth_weight))):
-            if pixels is None:
+            if index == 0 and known_rgb_latents is not None:
+                known_parts[index] = known_rgb_latents.to(self.device, self.dtype)
+            elif pixels is None:
                 continue
-            pixels = pixels.to(self.device, self.dtype)
-            known_parts[index] = (
-                self.model.codec.encode_rgb(pixels * 2.0 - 1.0) if index == 0 else self.model.codec.encode_depth(pixels)
-            )
+            elif index == 0:
+                known_parts[index] = self._encode_rgb(pixels)
+            else:
+                known_parts[index] = self.model.codec.encode_depth(pixels.to(self.device, self.dtype))
             # The share of each latent cell's pixels that is known.
             cell_weight = F.adaptive_avg_pool2d(weight.to(self.device, torch.float32), latent_shape[2:]).to(self.dtype)
             weight_parts[index] = cell_weight.expand(-1, channels, -1, -1)
@@ -526,6 +542,7 @@ class RGBDPortraitPipeline:
         reference: ReferenceFeatures,
         masks: torch.Tensor,
         *,
+        view_latents: torch.Tensor,
         ensemble_size: int,
         conditioning: Conditioning,
         num_inference_steps: int,
@@ -541,16 +558,20 @@ class RGBDPortraitPipeline:
         left-right bias, which different noise alone does not (one pair: AbsRel 0.0095 on the default model's
         test heads, against 0.0099 for four or eight noise draws). The reference features are shared: the backbone reads
         them as a set of tokens, so mirroring the reference as well changes nothing measurable.
+        `view_latents` are `_encode_views(pixels, ensemble_size)`: each member takes its view's latents.
         """
         num_inputs = len(pixels)
-        members = pixels.repeat_interleave(ensemble_size, dim=0)
-        mirrored = torch.arange(len(members)) % 2 == 1
-        members[mirrored] = members[mirrored].flip(-1)
+        member_index = torch.arange(num_inputs * ensemble_size)
+        # Member k of input i sees view i, or its mirror image (view N + i) when k is odd; counted per input, so
+        # that an image's result does not depend on its place in the batch.
+        mirrored = member_index % ensemble_size % 2 == 1
+        views = member_index // ensemble_size + mirrored.long() * num_inputs
+        member_latents = view_latents[views.to(view_latents.device)]
         result = self._sample(
             reference=reference.repeat_each(ensemble_size),
             repeats=1,
-            known_rgb=members,
-            known_rgb_weight=torch.ones_like(members[:, :1]),
+            known_rgb_latents=member_latents,
+            known_rgb_weight=torch.ones_like(pixels[:1, :1]).expand(len(member_latents), -1, -1, -1),
             conditioning=conditioning,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
@@ -637,10 +658,16 @@ class RGBDPortraitPipeline:
         fitted_masks = self._fitted_masks(masks, fits, side)
         if not fitted_masks.flatten(1).any(dim=1).all():
             raise UserInputError("mask: no subject pixel inside the square fitted to the model")
+        view_latents = self._encode_views(pixels, members)
+        if reference is None:
+            features = self._encode_reference(pixels, latents=view_latents[: len(pixels)])
+        else:
+            features = self._encode_reference(reference_pixels)
         depth, uncertainty, first_latents = self._predict_unit_depth(
             pixels,
-            self._encode_reference(reference_pixels),
+            features,
             fitted_masks,
+            view_latents=view_latents,
             ensemble_size=members,
             conditioning=conditioning,
             num_inference_steps=steps,
@@ -777,13 +804,19 @@ class RGBDPortraitPipeline:
         fits, pixels = self._fit_images(images, side, fit=fit, center_on_face=center_on_face)
         fitted_masks = self._fitted_masks(masks, fits, side)
         # The input is its own reference, for the depth prediction and the regeneration alike.
-        features = self._encode_reference(pixels) if depth is None or regenerate else None
+        view_latents = self._encode_views(pixels, members) if depth is None else None
+        features = None
+        if depth is None or regenerate:
+            features = self._encode_reference(
+                pixels, latents=None if view_latents is None else view_latents[: len(pixels)]
+            )
         uncertainty = None
         if depth is None:
             unit_depth, uncertainty, _ = self._predict_unit_depth(
                 pixels,
                 features,
                 fitted_masks,
+                view_latents=view_latents,
                 ensemble_size=members,
                 conditioning="channels",
                 num_inference_steps=steps,
