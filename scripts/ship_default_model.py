@@ -4,6 +4,10 @@ Writes the model of the run's last stage, with its weights stored in fp16, to `s
 (replacing the one there), and beside it, in `training/`, what produced it: the run's config, every stage's CSV
 logs and the training curves. The evaluation of the shipped weights is then written next to them by
 `rgbd-portrait eval --data DATA --out src/rgbd_portrait/weights/default/training/evaluation`.
+
+`--decoder-from RUN` takes the VAE decoder of another run's codec stage trained with
+`train.codec.train_encoder=false` on the same encoder: the latent space is the same, so the decoder drops in.
+Its encoder and latent calibration are checked to be identical to the shipped run's.
 """
 
 from __future__ import annotations
@@ -22,7 +26,27 @@ from rgbd_portrait.weights import default_model_dir
 RECORD_FOLDER = "training"
 
 
-def ship(run_dir: Path, destination: Path, *, stage: str | None = None) -> Path:
+DECODER_PARTS = ("decoder", "post_quant_conv")
+LATENT_SPACE_PARTS = ("encoder", "quant_conv")
+
+
+def take_decoder(model: RGBDPortraitModel, donor_dir: Path) -> None:
+    """Put the VAE decoder of the model in `donor_dir` into `model`, whose latent space it must share."""
+    donor = RGBDPortraitModel.from_pretrained(donor_dir).vae
+    vae = model.vae
+    for key in ("scaling_factor", "shift_factor"):
+        if vae.config[key] != donor.config[key]:
+            raise SystemExit(f"{donor_dir}: its latent {key} {donor.config[key]} is not {vae.config[key]}")
+    for part in LATENT_SPACE_PARTS:
+        own, theirs = getattr(vae, part).state_dict(), getattr(donor, part).state_dict()
+        differing = [key for key in own if not torch.equal(own[key], theirs[key])]
+        if differing:
+            raise SystemExit(f"{donor_dir}: its VAE {part} differs ({differing[0]}, ...): not the same latent space")
+    for part in DECODER_PARTS:
+        getattr(vae, part).load_state_dict(getattr(donor, part).state_dict(), strict=True)
+
+
+def ship(run_dir: Path, destination: Path, *, stage: str | None = None, decoder_from: Path | None = None) -> Path:
     stages = logged_stages(run_dir)
     if not stages:
         raise SystemExit(f"{run_dir}: no trained stage found (expected <stage>/logs/train.jsonl)")
@@ -34,6 +58,8 @@ def ship(run_dir: Path, destination: Path, *, stage: str | None = None) -> Path:
     if not final.is_dir():
         raise SystemExit(f"{final}: the {stages[-1]} stage has not finished (no model folder)")
     model = RGBDPortraitModel.from_pretrained(final)
+    if decoder_from is not None:
+        take_decoder(model, RunFolders(decoder_from).final_model("codec"))
     model.save_pretrained(destination, overwrite=True, dtype=torch.float16)
 
     record = destination / RECORD_FOLDER
@@ -51,8 +77,9 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="training run folder (train.output_dir of its config)")
     parser.add_argument("--out", type=Path, default=default_model_dir(), help="default: the package's default model")
     parser.add_argument("--stage", help="ship the model of this stage (default: the run's last)")
+    parser.add_argument("--decoder-from", type=Path, help="a run whose decoder-only codec stage replaces the decoder")
     args = parser.parse_args()
-    source = ship(args.run, args.out, stage=args.stage)
+    source = ship(args.run, args.out, stage=args.stage, decoder_from=args.decoder_from)
     size = sum(path.stat().st_size for path in args.out.rglob("*.safetensors"))
     print(f"shipped {source} → {args.out} ({size / 2**20:.1f} MiB of fp16 weights)")
 

@@ -1,7 +1,9 @@
 """The trainer end to end on the CPU: learning, exact resume, latent caching, NaN stop, errors, the CLI."""
 
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,6 +81,22 @@ def test_decoder_alone_fine_tunes_into_the_same_latent_space(tmp_path, data_root
             for a, b in zip(getattr(before, name).state_dict().values(), getattr(after, name).state_dict().values())
         )
         assert unchanged == (name != "decoder"), name
+    # The ship script drops such a decoder into a model of the same latent space, and refuses another space.
+    ship_script = _load_script("ship_default_model")
+    model = RGBDPortraitModel.from_pretrained(first)
+    ship_script.take_decoder(model, second)
+    assert all(torch.equal(a, b) for a, b in zip(model.vae.state_dict().values(), after.state_dict().values()))
+    with torch.no_grad():
+        model.vae.encoder.conv_in.weight.add_(1.0)
+    with pytest.raises(SystemExit, match="encoder differs"):
+        ship_script.take_decoder(model, second)
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _resume_config(tmp_path, data_root, **extra):
