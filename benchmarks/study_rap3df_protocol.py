@@ -3,7 +3,7 @@
     python benchmarks/study_rap3df_protocol.py --model src/rgbd_portrait/weights/default \
         --rap3df ../shared/data/depth/rap3df --out benchmarks/results/rap3df_protocol.md
 
-`rgbd-portrait eval --rap3df` (`evaluation.kinect_depth`) fixes four choices; this study changes one at a time,
+`rgbd-portrait eval --rap3df` (`evaluation.kinect_depth`) fixes five choices; this study changes one at a time,
 on the same captures and seeds, and reports AbsRel and Spearman at the landmarks of the model and the radial
 baseline for each:
 
@@ -11,7 +11,8 @@ baseline for each:
   some captures holds the wall behind the person;
 - the scale of the scale/shift fit: kept >= 0, or free (a depth with near and far swapped then fits too);
 - the mask: none given to the pipeline (as a user's photo), or mask.png given (the ensemble aligns on it);
-- the crop: face-centred (as a user gets it) or centred on the image.
+- the crop: face-centred (as a user gets it) or centred on the image;
+- the backdrop: the captures' own black (their background removed) or mid-grey in its place.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -37,14 +39,22 @@ from rgbd_portrait.evaluation.results import MetricAccumulator, format_markdown_
 from rgbd_portrait.evaluation.runner import EvaluationOptions, mean_rows, predict_unit_depth
 
 AS_EVALUATED = "as `eval` scores it"
-# (pixels, nonnegative scale, mask given, face-centred crop) per variant; each differs from the first in one.
+# (pixels, nonnegative scale, mask given, face-centred crop, grey backdrop) per variant; each differs from the
+# first in one.
 VARIANTS = {
-    AS_EVALUATED: ("person", True, False, True),
-    "all of mask.png scored (walls included)": ("mask", True, False, True),
-    "free scale": ("person", False, False, True),
-    "mask.png given to the pipeline": ("person", True, True, True),
-    "crop centred on the image": ("person", True, False, False),
+    AS_EVALUATED: ("person", True, False, True, False),
+    "all of mask.png scored (walls included)": ("mask", True, False, True, False),
+    "free scale": ("person", False, False, True, False),
+    "mask.png given to the pipeline": ("person", True, True, True, False),
+    "crop centred on the image": ("person", True, False, False, False),
+    "mid-grey backdrop in place of black": ("person", True, False, True, True),
 }
+GREY = 128
+
+
+def on_grey(rgb: np.ndarray) -> np.ndarray:
+    """The capture with its removed background (pure black pixels) mid-grey instead."""
+    return np.where((rgb == 0).all(axis=-1, keepdims=True), np.uint8(GREY), rgb)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,10 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         if landmarks is None:
             continue
         predictions = {}
-        for given_mask, face_centred in {(mask, centred) for _, _, mask, centred in VARIANTS.values()}:
-            predictions[given_mask, face_centred] = predict_unit_depth(
+        for choice in {(mask, centred, grey) for _, _, mask, centred, grey in VARIANTS.values()}:
+            given_mask, face_centred, grey = choice
+            predictions[choice] = predict_unit_depth(
                 pipeline,
-                [capture.rgb],
+                [on_grey(capture.rgb) if grey else capture.rgb],
                 [capture.key],
                 options=options,
                 masks=[capture.depth > 0] if given_mask else None,
@@ -85,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         scored += 1
         kinect_values, _ = values_at_landmarks(capture.depth, landmarks)
         radial = radial_depth(tuple(capture.depth.shape), landmark_centre(landmarks))
-        for variant, (pixels, nonnegative, given_mask, face_centred) in VARIANTS.items():
+        for variant, (pixels, nonnegative, *choice) in VARIANTS.items():
             region = regions[pixels]
             on_region = landmarks_on(region, landmarks)
-            for method, depth in (("model", predictions[given_mask, face_centred][0][0]), ("radial", radial)):
+            for method, depth in (("model", predictions[tuple(choice)][0][0]), ("radial", radial)):
                 dense = depth_metrics(depth, capture.depth, region, nonnegative_scale=nonnegative)
                 values, _ = values_at_landmarks(depth, landmarks)
                 rows[variant, method].update(
