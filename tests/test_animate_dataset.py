@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 from animate_support import write_fake_sequence
 from rgbd_portrait.data.audio import LogMelFeatures, audio_windows
 from rgbd_portrait.data.sample_format import read_sequence_audio
-from rgbd_portrait.data.sequence_dataset import TalkingClipDataset, find_sequences
+from rgbd_portrait.data.sequence_dataset import TalkingClipDataset, TalkingClipMixture, find_sequences
 from rgbd_portrait.errors import UserInputError
 
 CLIP = 4
@@ -60,3 +60,22 @@ def test_splits_and_short_sequences(root, tmp_path):
         TalkingClipDataset(root, audio_features=features, clip_frames=0)
     with pytest.raises(UserInputError, match="not found"):
         TalkingClipDataset(tmp_path / "missing", audio_features=features)
+
+
+def test_a_mixture_alternates_its_parts_and_weighs_them_by_share_not_size(root):
+    features = LogMelFeatures(n_mels=8)
+    synthetic = TalkingClipDataset(root / "sequences", audio_features=features, clip_frames=CLIP)
+    real = TalkingClipDataset(root / "videos", audio_features=features, clip_frames=CLIP)
+    assert (len(synthetic), len(real)) == (7, 3)
+    mixture = TalkingClipMixture([synthetic, real], [1.0, 3.0])
+    assert len(mixture) == 10
+    # The first items show both parts: synthetic, real, synthetic, real, ...
+    assert [mixture[index]["identity"] for index in range(4)] == ["a", "b", "a", "b"]
+    assert torch.equal(mixture.get(1, epoch=2)["rgb"], real.get(0, epoch=2)["rgb"])
+    assert torch.equal(mixture.get(1, epoch=2)["reference_rgb"], real.get(0, epoch=2)["reference_rgb"])
+    # Drawn by sample_weights, the real clips (3 of 10) get 3/4 of the draws.
+    weights = mixture.sample_weights
+    is_real = torch.tensor([number == 1 for number, _ in mixture.locations])
+    assert float(weights[is_real].sum() / weights.sum()) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="one weight per part"):
+        TalkingClipMixture([synthetic], [1.0, 2.0])

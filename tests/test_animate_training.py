@@ -14,7 +14,7 @@ from rgbd_portrait.models import RGBDPortraitModel
 from rgbd_portrait.models.testing import tiny_model_section
 from rgbd_portrait.training import load_config, train
 from rgbd_portrait.training.config import MotionStageConfig
-from rgbd_portrait.training.motion_stage import make_clip_inputs
+from rgbd_portrait.training.motion_stage import MotionRecipe, make_clip_inputs
 
 CLIP = 4
 MOTION_FRAMES = 1
@@ -84,6 +84,39 @@ def test_missing_sequences_stop_before_any_work(tmp_path, start_model):
     assert not (output / "motion").exists()
     with pytest.raises(UserInputError, match="motion_frames < clip_frames"):
         load_config(tmp_path / "config.yaml", ["train.motion.motion_frames=4"])
+
+
+def test_motion_sources_mix_real_videos_in_by_weight(tmp_path, start_model):
+    synthetic, real = tmp_path / "synthetic", tmp_path / "real"
+    write_fake_sequence(synthetic / "train" / "a", identity="a", split="train", seconds=0.32, seed=1)
+    write_fake_sequence(synthetic / "val" / "b", identity="b", split="val", seconds=0.2, seed=2)
+    # Prepared videos: training clips only (held-out speakers live elsewhere), one frame without a face.
+    write_fake_sequence(real / "s1__x", identity="s1", split="train", seconds=0.4, seed=3, missing=(5,))
+    write_fake_sequence(real / "s1__y", identity="s1", split="train", seconds=0.2, seed=4)
+    output = tmp_path / "run"
+    path = _config(tmp_path / "config.yaml", data_root=synthetic, start_model=start_model, output_dir=output)
+    overrides = [f"train.motion.sources=[{{root: {real}, weight: 3.0}}]", "train.motion.data_root_weight=1.0"]
+    config = load_config(path, overrides)
+
+    recipe = MotionRecipe(RGBDPortraitModel.from_pretrained(start_model), config.train.motion)
+    clips = recipe.clips(config.data, validation=False, resolution=16, seed=0)
+    parts = [len(part) for part in clips.parts]
+    assert parts == [5, 2 + 1 + 2]
+    is_real = torch.tensor([number == 1 for number, _ in clips.locations])
+    assert float(clips.sample_weights[is_real].sum() / clips.sample_weights.sum()) == pytest.approx(0.75)
+    # Validation reads the folders that have a validation split (here only the synthetic one).
+    assert len(recipe.clips(config.data, validation=True, resolution=16, seed=0)) == 2
+
+    final = train(config, show_progress=False)
+    assert len((output / "motion" / "logs" / "train.jsonl").read_text().splitlines()) == 3
+    assert RGBDPortraitModel.from_pretrained(final).motion is not None
+
+    elsewhere = f"train.output_dir={tmp_path / 'other_run'}"
+    missing = load_config(path, [f"train.motion.sources=[{{root: {tmp_path / 'nowhere'}}}]", elsewhere])
+    with pytest.raises(UserInputError, match=r"train.motion.sources\[0\].root"):
+        train(missing, show_progress=False)
+    with pytest.raises(UserInputError, match="must be positive"):
+        load_config(path, [f"train.motion.sources=[{{root: {real}, weight: 0}}]"])
 
 
 def test_clip_inputs_share_a_timestep_per_clip_and_give_motion_frames():

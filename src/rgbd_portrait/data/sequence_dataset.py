@@ -15,6 +15,9 @@ Items (default collation works on them; F = clip_frames, W = 2·audio_radius + 1
     frame_index    (F,) int64 the frames' indices in their sequence
     identity, key  strings
 The reference of item i in epoch e is fixed by (seed, e, i), as in `PortraitDataset`.
+
+`TalkingClipMixture` reads the clips of several such data sets (e.g. synthetic and prepared real videos) as
+one, each folder with its share of the training stream whatever its size, as `PortraitMixture` does for images.
 """
 
 from __future__ import annotations
@@ -165,6 +168,42 @@ class TalkingClipDataset(Dataset):
             "identity": sequence.identity,
             "key": f"{sequence.folder.name}:{clip.first_frame:06d}",
         }
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.get(index)
+
+
+class TalkingClipMixture(Dataset):
+    """Several `TalkingClipDataset`s read as one, each with a share of the training stream.
+
+    Items alternate between the parts (the first clip of each part, then the second, ...), so a fixed validation
+    batch of the first few items shows every part. `sample_weights` gives each clip its part's weight over the
+    part's clip count, so that drawn by these weights a part's share of the draws is its weight's share.
+    """
+
+    def __init__(self, parts: list[TalkingClipDataset], weights: list[float]):
+        if len(parts) != len(weights) or not parts:
+            raise ValueError("a mixture needs one weight per part and at least one part")
+        self.parts = parts
+        self.locations: list[tuple[int, int]] = []  # (part, clip of the part) per item
+        for position in range(max(len(part) for part in parts)):
+            self.locations += [(number, position) for number, part in enumerate(parts) if position < len(part)]
+        self.sample_weights = torch.tensor(
+            [weights[number] / len(parts[number]) for number, _ in self.locations], dtype=torch.float64
+        )
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.parts:
+            part.set_epoch(epoch)
+
+    def get(self, index: int, *, epoch: int | None = None) -> dict[str, Any]:
+        if not 0 <= index < len(self.locations):
+            raise IndexError(f"index {index} out of range for {len(self.locations)} clips")
+        number, local = self.locations[index]
+        return self.parts[number].get(local, epoch=epoch)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.get(index)

@@ -4,7 +4,8 @@ The stage starts from an image model (the joint stage's) and adds fresh motion l
 (`rgbd_portrait.models.motion`: the identity at first, so training starts from the image model exactly).
 Only `model.motion` trains unless `train_image_layers`. Data: clips of `clip_frames` consecutive frames of
 the talking sequences below `train.motion.data_root` (default `data.root`; `rgbd_portrait.data.sequence_dataset`),
-each with its frames' audio and a reference frame.
+each with its frames' audio and a reference frame. `train.motion.sources` mixes in more folders (prepared real
+videos beside synthetic ones), each with its share of the clips drawn (`data_root_weight` for the first).
 
 For a batch of B clips of F frames the objective draws, from one seeded generator:
 
@@ -34,7 +35,7 @@ from torch.utils.data import Dataset
 from rgbd_portrait.data.audio import LogMelFeatures, Wav2Vec2Features, make_audio_features
 from rgbd_portrait.data.depth_normalization import to_unit_range
 from rgbd_portrait.data.sample_format import read_meta
-from rgbd_portrait.data.sequence_dataset import TalkingClipDataset, find_sequences
+from rgbd_portrait.data.sequence_dataset import TalkingClipDataset, TalkingClipMixture, find_sequences
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models.context import ClipImageContext
 from rgbd_portrait.models.layout import task_masks
@@ -55,15 +56,25 @@ def sequence_root(data: DataConfig, stage: MotionStageConfig) -> tuple[str, str]
     return (stage.data_root, "train.motion.data_root") if stage.data_root else (data.root, "data.root")
 
 
-def check_motion_data(data: DataConfig, stage: MotionStageConfig) -> None:
-    """The motion stage needs talking sequences of the training split (checked before any work)."""
+def sequence_folders(data: DataConfig, stage: MotionStageConfig) -> list[tuple[str, str, float]]:
+    """Every folder of the motion stage's talking sequences: (folder, config key, share of the clips)."""
     root, key = sequence_root(data, stage)
-    if not Path(root).is_dir():
-        raise UserInputError(f"{key}: {root} not found")
-    if not any(read_meta(folder).get("split", "train") == data.train_split for folder in find_sequences(root)):
-        raise UserInputError(
-            f"{key}: no {data.train_split!r} talking sequence in {root} for the motion stage ({HOW_TO_GET_SEQUENCES})"
-        )
+    return [(root, key, stage.data_root_weight)] + [
+        (extra.root, f"train.motion.sources[{position}].root", extra.weight)
+        for position, extra in enumerate(stage.sources)
+    ]
+
+
+def check_motion_data(data: DataConfig, stage: MotionStageConfig) -> None:
+    """Each folder of the motion stage needs talking sequences of the training split (checked before any work)."""
+    for root, key, _ in sequence_folders(data, stage):
+        if not Path(root).is_dir():
+            raise UserInputError(f"{key}: {root} not found")
+        if not any(read_meta(folder).get("split", "train") == data.train_split for folder in find_sequences(root)):
+            raise UserInputError(
+                f"{key}: no {data.train_split!r} talking sequence in {root} for the motion stage "
+                f"({HOW_TO_GET_SEQUENCES})"
+            )
 
 
 def new_motion_layers(model: RGBDPortraitModel, stage: MotionStageConfig) -> MotionLayers:
@@ -189,11 +200,11 @@ def clip_change(clean: torch.Tensor) -> torch.Tensor:
 
 
 class ClipSamples(Dataset):
-    """Clips of a `TalkingClipDataset` by (index, epoch), tensors only (what a training step reads)."""
+    """Clips of a `TalkingClipDataset` or mixture by (index, epoch), tensors only (what a training step reads)."""
 
     names = ("rgb", "depth", "mask", "audio", "reference_rgb")
 
-    def __init__(self, clips: TalkingClipDataset):
+    def __init__(self, clips: TalkingClipDataset | TalkingClipMixture):
         self.clips = clips
 
     def __len__(self) -> int:
@@ -231,27 +242,43 @@ class MotionRecipe:
         self.scheduler = model.make_scheduler()
         self.audio_features = make_audio_features(motion.config.audio_features, encoder_path=stage.layers.audio_encoder)
 
-    def clips(self, data: DataConfig, *, validation: bool, resolution: int, seed: int) -> TalkingClipDataset:
-        """The clips of the training or validation split; none is a one-line error naming the folder."""
-        split = data.validation_split if validation else data.train_split
-        root, key = sequence_root(data, self.stage)
-        clips = TalkingClipDataset(
-            root,
-            audio_features=self.audio_features,
-            split=split,
-            resolution=resolution,
-            clip_frames=self.stage.clip_frames,
-            audio_radius=self.model.motion.config.audio_radius,
-            seed=seed,
-        )
-        if not len(clips):
-            raise UserInputError(
-                f"{key}: no {split!r} talking sequence with {self.stage.clip_frames} consecutive frames in {root} "
-                f"({HOW_TO_GET_SEQUENCES})"
-            )
-        return clips
+    def clips(
+        self, data: DataConfig, *, validation: bool, resolution: int, seed: int
+    ) -> TalkingClipDataset | TalkingClipMixture:
+        """The clips of the training or validation split of every sequence folder, mixed by their weights.
 
-    def samples(self, clips: TalkingClipDataset) -> Dataset:
+        A training folder without clips is a one-line error naming it; for validation, folders without clips of
+        the split are left out, and only none at all is an error.
+        """
+        split = data.validation_split if validation else data.train_split
+        parts, weights = [], []
+        for root, key, weight in sequence_folders(data, self.stage):
+            clips = TalkingClipDataset(
+                root,
+                audio_features=self.audio_features,
+                split=split,
+                resolution=resolution,
+                clip_frames=self.stage.clip_frames,
+                audio_radius=self.model.motion.config.audio_radius,
+                seed=seed,
+            )
+            if len(clips):
+                parts.append(clips)
+                weights.append(weight)
+            elif not validation:
+                raise UserInputError(
+                    f"{key}: no {split!r} talking sequence with {self.stage.clip_frames} consecutive frames in "
+                    f"{root} ({HOW_TO_GET_SEQUENCES})"
+                )
+        if not parts:
+            folders = ", ".join(root for root, _, _ in sequence_folders(data, self.stage))
+            raise UserInputError(
+                f"no {split!r} talking sequence with {self.stage.clip_frames} consecutive frames in {folders} "
+                f"({HOW_TO_GET_SEQUENCES}, or set train.motion.validate_every=0)"
+            )
+        return parts[0] if len(parts) == 1 else TalkingClipMixture(parts, weights)
+
+    def samples(self, clips: TalkingClipDataset | TalkingClipMixture) -> Dataset:
         return ClipSamples(clips)
 
     def enable_gradient_checkpointing(self) -> None:
