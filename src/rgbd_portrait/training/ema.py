@@ -27,8 +27,11 @@ class ExponentialMovingAverage:
     @torch.no_grad()
     def update(self) -> None:
         decay = self.current_decay()
-        for name, parameter in self.parameters.items():
-            self.shadow[name].lerp_(parameter.detach().float(), 1.0 - decay)
+        # One multi-tensor call instead of a Python loop over the parameters (1,700 tensors at SD 1.5 scale): the
+        # same arithmetic, without a kernel launch and an interpreter round trip per tensor on a GPU.
+        shadows = [self.shadow[name] for name in self.parameters]
+        weights = [parameter.detach().float() for parameter in self.parameters.values()]
+        torch._foreach_lerp_(shadows, weights, 1.0 - decay)
         self.updates += 1
 
     @contextmanager
