@@ -4,6 +4,8 @@ versus two passes, and reference caching versus re-running the reference net at 
     python benchmarks/bench_speed_vs_marigold.py                         # configs/default.yaml, random weights
     python benchmarks/bench_speed_vs_marigold.py --config configs/sd15.yaml --device cuda \
         --out benchmarks/results/speed_vs_marigold_sd15.md
+    python benchmarks/bench_speed_vs_marigold.py --model src/rgbd_portrait/weights/default --steps 1 \
+        --sections depth --out benchmarks/results/speed_vs_marigold_default.md     # the shipped model, depth only
 
 Run from the repository root. Speed does not depend on the weights, so by default both models have random
 weights (the architecture of --config; or --model, a trained folder). Marigold's pipeline is built offline by
@@ -51,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument(
+        "--sections",
+        default="depth,generation,caching",
+        help="comma-separated tables to measure: depth (against Marigold), generation, caching",
+    )
     parser.add_argument("--out", default="benchmarks/results/speed_vs_marigold.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -90,6 +97,20 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     settings_compared = [(f"{steps} steps, 1 prediction", (steps, 1), (steps, 1)) for steps in args.steps]
+    if settings.ensemble_size > 1:
+        steps = settings.depth_steps
+        settings_compared += [
+            (
+                f"ours at its default {steps} × {settings.ensemble_size}, Marigold at the same steps × 1 (its default)",
+                (steps, settings.ensemble_size),
+                (steps, 1),
+            ),
+            (
+                f"both {steps} × {settings.ensemble_size}",
+                (steps, settings.ensemble_size),
+                (steps, settings.ensemble_size),
+            ),
+        ]
     settings_compared.append(
         (
             f"each one's default: ours {settings.depth_steps} × {settings.ensemble_size}, Marigold "
@@ -98,14 +119,39 @@ def main(argv: list[str] | None = None) -> int:
             (MARIGOLD_DEFAULT_STEPS, MARIGOLD_DEFAULT_ENSEMBLE),
         )
     )
+    sections = {section.strip() for section in args.sections.split(",")}
+    unknown = sections - {"depth", "generation", "caching"}
+    if unknown:
+        parser.error(f"--sections: unknown {', '.join(sorted(unknown))}")
+    source = f"trained model `{args.model}`" if args.model else f"`{args.config}` with random weights"
+    lines = [
+        "# Speed: image→depth against Marigold, joint generation, reference caching",
+        "",
+        f"Command: `{command_line(__file__, argv)}`  ",
+        f"Model: {source}, {side} px, {model.backbone.dtype}; batch 1; median of {args.repeats} calls after a "
+        f"warm-up, the calls of each table timed in turns so that the machine's load affects them alike.  ",
+        f"Machine: {machine_line(device)}.",
+        "",
+    ]
+
     depth_rows = {}
-    for name, our_setting, peer_setting in settings_compared:
-        ours_seconds, peer_seconds = time_pair(ours(*our_setting), marigold(*peer_setting))
-        depth_rows[name] = {
-            "ours s": ours_seconds,
-            "Marigold s": peer_seconds,
-            "ours / Marigold": ours_seconds / peer_seconds,
-        }
+    if "depth" in sections:
+        for name, our_setting, peer_setting in settings_compared:
+            ours_seconds, peer_seconds = time_pair(ours(*our_setting), marigold(*peer_setting))
+            depth_rows[name] = {
+                "ours s": ours_seconds,
+                "Marigold s": peer_seconds,
+                "ours / Marigold": ours_seconds / peer_seconds,
+            }
+        lines += [
+            "## Image→depth: ours versus diffusers' MarigoldDepthPipeline of the same size",
+            "",
+            "Same UNet architecture (ours adds the known/mask input channels and reference attention, and runs the "
+            "reference net once per call), same VAE, scheduler, image and resolution. Both include VAE encoding "
+            "and decoding. `S × N`: denoising steps × ensemble members (ours: the image and its mirror image).",
+            "",
+            format_markdown_table(depth_rows, row_heading="setting", digits=3),
+        ]
 
     def generate():
         return pipeline.generate(
@@ -126,51 +172,38 @@ def main(argv: list[str] | None = None) -> int:
 
         return call
 
-    joint_name = f"joint: RGB + depth in one pass ({settings.default_steps} steps)"
-    calls = {joint_name: generate}
-    for depth_steps in sorted({settings.default_steps, settings.depth_steps}):
-        name = f"two passes: RGB ({settings.default_steps} steps), then image→depth ({depth_steps} steps)"
-        calls[name] = two_passes(depth_steps)
-    generation_seconds = interleaved_median_seconds(calls, device=device, repeats=args.repeats)
-    generation_rows = {
-        name: {"seconds": seconds, "× joint": seconds / generation_seconds[joint_name]}
-        for name, seconds in generation_seconds.items()
-    }
-
-    caching_rows = {}
-    for steps in sorted({settings.depth_steps, settings.default_steps}):
-        measured = compare_reference_caching(model, image, steps=steps, repeats=args.repeats)
-        caching_rows[f"{steps} steps"] = {
-            "cached s": measured["cached_seconds"],
-            "every step s": measured["every_step_seconds"],
-            "every step / cached": measured["every_step_seconds"] / measured["cached_seconds"],
-            "reference-net runs": measured["reference_runs"],
-            "max |difference|": measured["max_difference"],
+    if "generation" in sections:
+        joint_name = f"joint: RGB + depth in one pass ({settings.default_steps} steps)"
+        calls = {joint_name: generate}
+        for depth_steps in sorted({settings.default_steps, settings.depth_steps}):
+            name = f"two passes: RGB ({settings.default_steps} steps), then image→depth ({depth_steps} steps)"
+            calls[name] = two_passes(depth_steps)
+        generation_seconds = interleaved_median_seconds(calls, device=device, repeats=args.repeats)
+        generation_rows = {
+            name: {"seconds": seconds, "× joint": seconds / generation_seconds[joint_name]}
+            for name, seconds in generation_seconds.items()
         }
-
-    source = f"trained model `{args.model}`" if args.model else f"`{args.config}` with random weights"
-    report = "\n".join(
-        [
-            "# Speed: image→depth against Marigold, joint generation, reference caching",
-            "",
-            f"Command: `{command_line(__file__, argv)}`  ",
-            f"Model: {source}, {side} px, {model.backbone.dtype}; batch 1; median of {args.repeats} calls after a "
-            f"warm-up, the calls of each table timed in turns so that the machine's load affects them alike.  ",
-            f"Machine: {machine_line(device)}.",
-            "",
-            "## Image→depth: ours versus diffusers' MarigoldDepthPipeline of the same size",
-            "",
-            "Same UNet architecture (ours adds the known/mask input channels and reference attention, and runs the "
-            "reference net once per call), same VAE, scheduler, image and resolution. Both include VAE encoding "
-            "and decoding.",
-            "",
-            format_markdown_table(depth_rows, row_heading="setting", digits=3),
+        lines += [
             "## Joint generation versus two passes",
             "",
             "Generation at the default guidance (2: two backbone evaluations per step); the image→depth pass "
             "without guidance.",
             "",
             format_markdown_table(generation_rows, row_heading="how", digits=3),
+        ]
+
+    if "caching" in sections:
+        caching_rows = {}
+        for steps in sorted({settings.depth_steps, settings.default_steps}):
+            measured = compare_reference_caching(model, image, steps=steps, repeats=args.repeats)
+            caching_rows[f"{steps} steps"] = {
+                "cached s": measured["cached_seconds"],
+                "every step s": measured["every_step_seconds"],
+                "every step / cached": measured["every_step_seconds"] / measured["cached_seconds"],
+                "reference-net runs": measured["reference_runs"],
+                "max |difference|": measured["max_difference"],
+            }
+        lines += [
             "## Reference caching",
             "",
             "One image→depth denoising loop (no VAE decoding, no guidance), reference features computed once "
@@ -178,9 +211,10 @@ def main(argv: list[str] | None = None) -> int:
             "",
             format_markdown_table(caching_rows, row_heading="loop", digits=3),
         ]
-    )
+    report = "\n".join(lines)
     write_markdown(args.out, report)
-    plot(depth_rows, Path(args.out).with_suffix(".png"))
+    if depth_rows:
+        plot(depth_rows, Path(args.out).with_suffix(".png"))
     print(report)
     return 0
 
