@@ -23,12 +23,13 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from torch.profiler import record_function
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -201,6 +202,10 @@ class Trainer:
         self.show_progress = show_progress
         self.plan = plan_run(config)
         self.model: RGBDPortraitModel | None = None
+        # Called as step_hook(stage, step) after every training step (e.g. a profiler's `step`); the loop's phases
+        # are named `torch.profiler.record_function` ranges: data, forward and loss, backward, gradient clipping,
+        # optimizer, EMA, logging.
+        self.step_hook: Callable[[str, int], None] | None = None
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         try:
             # Accelerate joins several processes on CPUs only when told to use the CPU; without a GPU (or
@@ -453,22 +458,25 @@ class Trainer:
         while state.step < stage.max_steps:
             step_loss = torch.zeros((), device=accelerator.device)
             for micro_batch in range(accumulation):
-                batch = _to_device(next(batches), accelerator.device)
+                with record_function("data"):
+                    batch = _to_device(next(batches), accelerator.device)
                 generator = make_generator(
                     derive_seed(seed, name, state.step, self.rank, micro_batch), accelerator.device
                 )
                 synchronise = micro_batch == accumulation - 1
                 with contextlib.nullcontext() if synchronise else accelerator.no_sync(wrapped):
-                    with accelerator.autocast():
+                    with accelerator.autocast(), record_function("forward and loss"):
                         loss, metrics = recipe.loss(wrapped, batch, generator)
-                    accelerator.backward(loss / accumulation)
+                    with record_function("backward"):
+                        accelerator.backward(loss / accumulation)
                 step_loss += loss.detach().float() / accumulation
                 window.add_tensors(metrics, weight=1.0 / accumulation)
             state.samples_consumed += stage.batch_size * accumulation * self.world_size
             mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
             gradient_norm = None
             if stage.max_grad_norm is not None:
-                gradient_norm = float(accelerator.clip_grad_norm_(parameters, stage.max_grad_norm))
+                with record_function("gradient clipping"):
+                    gradient_norm = float(accelerator.clip_grad_norm_(parameters, stage.max_grad_norm))
             if not math.isfinite(mean_loss) or (gradient_norm is not None and not math.isfinite(gradient_norm)):
                 progress.close()
                 kept = (
@@ -478,20 +486,23 @@ class Trainer:
                 raise TrainingDivergedError(
                     f"{name} stage: {what} at step {state.step + 1}; stopped before the update ({kept})"
                 )
-            prepared_optimizer.step()
-            lr_schedule.step()
-            prepared_optimizer.zero_grad(set_to_none=True)
+            with record_function("optimizer"):
+                prepared_optimizer.step()
+                lr_schedule.step()
+                prepared_optimizer.zero_grad(set_to_none=True)
             if ema is not None:
-                ema.update()
+                with record_function("EMA"):
+                    ema.update()
             state.step += 1
             window.add_step(mean_loss, gradient_norm, samples=stage.batch_size * accumulation * self.world_size)
             progress.update()
             progress.set_postfix(loss=f"{mean_loss:.4f}")
 
             if state.step % config.train.log_every == 0 or state.step == stage.max_steps:
-                rows = window.summary(accelerator.reduce)
-                if logger is not None:
-                    logger.log("train", state.step, rows | {"learning_rate": lr_schedule.get_last_lr()[0]})
+                with record_function("logging"):
+                    rows = window.summary(accelerator.reduce)
+                    if logger is not None:
+                        logger.log("train", state.step, rows | {"learning_rate": lr_schedule.get_last_lr()[0]})
                 window = _MetricWindow()
             paused = time.perf_counter()
             last_step = state.step == stage.max_steps
@@ -506,6 +517,8 @@ class Trainer:
                     validate()
                 self._barrier()
             window.exclude(time.perf_counter() - paused)
+            if self.step_hook is not None:
+                self.step_hook(name, state.step)
         progress.close()
 
         final = folders.final_model(name)
