@@ -5,10 +5,12 @@
 
 Run from the repository root. The model has the layout of --config (for SD 1.5: four levels, two layers per block,
 the same attention layers, reference net and VAE) with every channel width multiplied by --width, random weights.
-A narrower model keeps the proportions that matter here: a convolution's or linear layer's work and its weight
+A narrower model keeps the proportions of the arithmetic: a convolution's or linear layer's work and its weight
 count both scale with the square of the width, so the shares of passes, optimizer and EMA in a step stay as they
-are at full width, at a sixteenth of the memory (a full-width SD 1.5 joint step needs 34 GB for weights,
-gradients, Adam and EMA alone).
+are at full width, at a fraction of the memory (a full-width SD 1.5 joint step needs 34 GB for weights,
+gradients, Adam and EMA alone). What does not shrink is the cost per call: the ~1,700 parameter tensors of
+optimizer, gradient clipping and EMA, and every layer's launch. At very small widths (0.1) that overhead
+dominates, so the overhead a narrow model shows is an upper bound on the full-width one.
 
 * **Image→depth**: our pipeline at the given steps and ensemble size beside diffusers' `MarigoldDepthPipeline` of
   the same UNet layout (`rgbd_portrait.evaluation.speed.build_marigold_peer`), each call split into VAE encoder,
