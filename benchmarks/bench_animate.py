@@ -3,6 +3,8 @@ and memory grow with the audio's length.
 
     python benchmarks/bench_animate.py                                  # random weights, configs/default.yaml
     python benchmarks/bench_animate.py --model runs/default/motion/model --quality-steps 20
+    python benchmarks/bench_animate.py --model M --real datasets/grid/test_s1 datasets/grid/unseen \
+        --out benchmarks/results/animate_real_default.md           # real talking videos (below)
 
 Run from the repository root. Writes a Markdown report to benchmarks/results/animate.md (or --out) and prints it.
 
@@ -25,6 +27,27 @@ seed): each sequence's first frame is the reference and its audio drives the ani
   it), so the mean over frames also counts pose differences. For scale, the first true frame held still
   scores what a perfect but motionless head would.
 
+Real faces (`--real FOLDER...`: talking videos prepared by `rgbd-portrait prepare`, e.g. GRID; the synthetic
+quality and the speed sections are then skipped). Each clip's first frame is the reference and its own audio
+drives the animation. Measured from the face mesh, as talking-head papers do (`rgbd_portrait.evaluation.lipsync`),
+on the 128-px frames, true and generated alike:
+
+* Mouth sync: Pearson correlation over frames of the generated mouth opening (inner-lip distance over face
+  height) with the true video's. Bounds: the true video against itself (its mouth read from the crop against
+  the mesh `prepare` stored from the source frame: the measure's own repeatability) and a shuffled-audio
+  control (the true mouth of the next clip in the list, i.e. a natural mouth speaking other words: what a
+  model that opens the mouth at a typical rhythm but not in time with this audio would score). With
+  `--shuffled-generation` the control is also generated: this clip's reference driven by the next clip's
+  audio, scored against this clip's true mouth.
+* Mouth–audio: correlation of the mouth opening with the audio's loudness (RMS per frame), generated and true,
+  and of the true mouth with the next clip's loudness (chance level).
+* Depth stability: frame-to-frame change of the generated depth over that of the pseudo-depth truth (both
+  per-frame normalised to [0, 1]).
+* Identity drift: distance of each generated frame to the reference in the codec's latent space (relative to
+  the reference latent's norm), at the first and the last frame; the true video's last frame for scale.
+* Per clip a side-by-side video (true | generated | generated depth, with the audio) and, for all clips, a mouth
+  sheet of the most closed and most open true mouths after the first window, true then generated.
+
 Speed and scaling: frames per second with the model's default steps and guidance on one window, and, in a fresh
 process per length (so peak memory is per run), the time and peak resident memory of animating 1–8 s of audio
 with one denoising step (the loop per window is the same whatever the step count).
@@ -46,6 +69,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import imageio_ffmpeg
 import numpy as np
 import soundfile
 import torch
@@ -57,6 +81,7 @@ from rgbd_portrait.data.image_io import colorize_depth, write_rgb_png
 from rgbd_portrait.data.sample_format import PortraitSample, read_meta, read_sample, sequence_frames
 from rgbd_portrait.data.sequence_dataset import find_sequences
 from rgbd_portrait.data.synth import render_dataset, synthesize_speech
+from rgbd_portrait.evaluation.lipsync import frame_loudness, mouth_opening, mouth_openings, pearson
 from rgbd_portrait.evaluation.metrics import depth_metrics
 from rgbd_portrait.files import write_bytes_atomically
 from rgbd_portrait.models import RGBDPortraitModel
@@ -70,6 +95,7 @@ MOUTH_FRACTION = 0.005  # of the pixels on the head in every frame
 SHEET_FRAMES = 3  # quietest and loudest frames shown per sequence
 BENCHMARK_SEED = 12345  # identities of another seed than the training data's (0)
 SCALING_SECONDS = (1.0, 2.0, 4.0, 8.0)
+REAL_SHEET_FRAMES = 2  # most closed and most open true mouths shown per real clip
 
 
 def correlation(first: np.ndarray, second: np.ndarray) -> float:
@@ -235,6 +261,268 @@ def training_step_seconds(model: RGBDPortraitModel, config_path: str, repeats: i
     return statistics.median(times), clips, frames
 
 
+def generate_clip(
+    pipeline: RGBDPortraitPipeline, reference: Path, audio: Path, *, fps: float, steps: int, cache: Path | None = None
+):
+    """Generated RGB (T, 3, S, S) and depth (T, S, S) in [0, 1] for a reference image and an audio file; with
+    `cache`, kept in that .npz file and read from it by a later run (rerunning the measures costs no sampling)."""
+    if cache is not None and cache.is_file():
+        stored = np.load(cache)
+        return torch.from_numpy(stored["rgb"]), stored["depth"]
+    rgb, depth = _generate_clip(pipeline, reference, audio, fps=fps, steps=steps)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache.with_suffix(".tmp.npz"), rgb=rgb.numpy(), depth=depth)
+        cache.with_suffix(".tmp.npz").replace(cache)
+    return rgb, depth
+
+
+def _generate_clip(pipeline: RGBDPortraitPipeline, reference: Path, audio: Path, *, fps: float, steps: int):
+    prepared = prepare_animation(pipeline, reference, audio, fps=fps, center_on_face=False)
+    chunks = list(
+        iter_animation(
+            pipeline,
+            prepared,
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(0),
+            show_progress=False,
+        )
+    )
+    return torch.cat([chunk.rgb for chunk in chunks]), np.concatenate([chunk.depth[:, 0].numpy() for chunk in chunks])
+
+
+@torch.no_grad()
+def latent_drift(model: RGBDPortraitModel, frames: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
+    """Distance of each frame's codec latent to the reference's, over the reference latent's norm (T,)."""
+    reference_latent = model.codec.encode_rgb(reference[None] * 2 - 1)
+    latents = torch.cat([model.codec.encode_rgb(chunk * 2 - 1) for chunk in frames.split(16)])
+    distance = (latents - reference_latent).flatten(1).norm(dim=1)
+    return (distance / reference_latent.flatten().norm()).numpy()
+
+
+def write_side_by_side(path: Path, panels: list[np.ndarray], audio: Path, fps: float) -> None:
+    """An H.264 video of panels (each (T, S, S, 3) uint8) next to each other, with the audio (AAC)."""
+    frames = np.concatenate(panels, axis=2)
+    writer = imageio_ffmpeg.write_frames(
+        str(path),
+        (frames.shape[2], frames.shape[1]),
+        fps=fps,
+        codec="libx264",
+        quality=6,
+        macro_block_size=2,
+        ffmpeg_log_level="error",
+        audio_path=str(audio),
+        audio_codec="aac",
+        output_params=["-shortest"],
+    )
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    return (np.clip(images, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+
+
+def read_real_clip(sequence: Path, finder, *, work: Path, frames: int | None) -> dict:
+    """A prepared talking video (its first `frames` frames): frames, depth, audio cut to match, and the true
+    mouth (read from the crops, and from the mesh `prepare` stored)."""
+    meta = read_meta(sequence)
+    frame_folders = sequence_frames(sequence)[:frames]
+    if [int(folder.name) for folder in frame_folders] != list(range(len(frame_folders))):
+        raise SystemExit(f"{sequence}: frames without a face; the benchmark needs every frame")
+    samples = [read_sample(frame, extras=False) for frame in frame_folders]
+    depth, mask = true_depth_and_masks(samples)
+    unit_depth, _ = true_unit_depth(depth, mask)
+    rgb = np.stack([sample.rgb for sample in samples]).astype(np.float32) / 255  # (T, S, S, 3) in [0, 1]
+    track = load_audio(sequence / meta["audio"])
+    frames = len(samples)
+    audio = work / f"{sequence.name}.wav"
+    soundfile.write(audio, track.samples[: round(frames / float(meta["fps"]) * track.sample_rate)], track.sample_rate)
+    return {
+        "name": sequence.name,
+        "audio": audio,
+        "fps": float(meta["fps"]),
+        "rgb": rgb,
+        "unit_depth": unit_depth,
+        "mouth": mouth_openings(rgb, finder),
+        "stored_mouth": np.array([mouth_opening(read_meta(folder)["face_landmarks"]) for folder in frame_folders]),
+        "loudness": frame_loudness(track.samples, track.sample_rate, fps=float(meta["fps"]), frames=frames),
+    }
+
+
+def animate_real_clip(
+    pipeline: RGBDPortraitPipeline,
+    clip: dict,
+    control: dict,
+    *,
+    steps: int,
+    finder,
+    folder: Path,
+    shuffled: bool,
+    cache_folder: Path | None,
+) -> dict:
+    """Every real-face measure of one clip (see the module docstring); `control` is the next clip."""
+    reference = folder / f"{clip['name']}_reference.png"
+    write_rgb_png(reference, clip["rgb"][0])
+    cache = lambda audio_of: cache_folder / f"{clip['name']}_{audio_of}.npz" if cache_folder else None
+    generated_rgb, generated_depth = generate_clip(
+        pipeline, reference, clip["audio"], fps=clip["fps"], steps=steps, cache=cache(clip["name"])
+    )
+    frames = min(len(generated_rgb), len(clip["rgb"]))
+    generated_rgb, generated_depth = generated_rgb[:frames], generated_depth[:frames]
+    generated_images = generated_rgb.permute(0, 2, 3, 1).numpy()
+    mouth, true_mouth = mouth_openings(generated_images, finder), clip["mouth"][:frames]
+    drift = latent_drift(pipeline.model, generated_rgb, torch.from_numpy(clip["rgb"][0]).permute(2, 0, 1))
+    true_drift = latent_drift(
+        pipeline.model,
+        torch.from_numpy(clip["rgb"][:frames]).permute(0, 3, 1, 2),
+        torch.from_numpy(clip["rgb"][0]).permute(2, 0, 1),
+    )
+    result = {
+        "clip": clip["name"],
+        "frames": frames,
+        "faces_found": float(np.isfinite(mouth).mean()),
+        "mouth_sync": pearson(mouth, true_mouth),
+        "truth_vs_itself": pearson(true_mouth, clip["stored_mouth"][:frames]),
+        "shuffled_control": pearson(control["mouth"][:frames], true_mouth),
+        "generated_audio": pearson(mouth, clip["loudness"][:frames]),
+        "true_audio": pearson(true_mouth, clip["loudness"][:frames]),
+        "shuffled_audio": pearson(true_mouth, control["loudness"][:frames]),
+        "depth_change_ratio": frame_change(generated_depth) / max(frame_change(clip["unit_depth"][:frames]), 1e-12),
+        "drift_first": float(drift[0]),
+        "drift_last": float(drift[-1]),
+        "true_drift_last": float(true_drift[-1]),
+    }
+    if shuffled:
+        shuffled_rgb, _ = generate_clip(
+            pipeline, reference, control["audio"], fps=clip["fps"], steps=steps, cache=cache(control["name"])
+        )
+        shuffled_mouth = mouth_openings(shuffled_rgb[:frames].permute(0, 2, 3, 1).numpy(), finder)
+        result["shuffled_generated"] = pearson(shuffled_mouth, true_mouth)
+    # Mouth sheet: the most closed and most open true mouths after the first window.
+    later = min(pipeline.model.motion.config.window_frames, frames - 2 * REAL_SHEET_FRAMES)
+    order = later + np.argsort(np.nan_to_num(true_mouth[later:], nan=np.nanmedian(true_mouth)))
+    shown = [*order[:REAL_SHEET_FRAMES], *order[-REAL_SHEET_FRAMES:]]
+    result["sheet_rows"] = [
+        [
+            (clip["name"] if n == 0 else f"{'closed' if n < REAL_SHEET_FRAMES else 'open'} {index}", clip["rgb"][index])
+            for n, index in enumerate(shown)
+        ]
+        + [(f"generated {index}", generated_images[index]) for index in shown]
+    ]
+    result["video_panels"] = [
+        to_uint8(clip["rgb"][:frames]),
+        to_uint8(generated_images),
+        np.stack([colorize_depth(depth) for depth in generated_depth]),
+    ]
+    return result
+
+
+def run_real_benchmark(args: argparse.Namespace, argv: list[str] | None, work: Path) -> str:
+    """The real-face measures on every prepared talking video below `args.real`; the report as Markdown."""
+    from rgbd_portrait.data.prepare.faces import FaceFinder
+
+    load_before = os.getloadavg()[0]
+    model = build_model(args)
+    pipeline = RGBDPortraitPipeline(model)
+    pipeline.set_progress_bar_config(disable=True)
+    finder = FaceFinder()
+    groups = [(root, find_sequences(root)[: args.limit]) for root in args.real]
+    out = Path(args.out)
+    media = out.with_name(out.stem)
+    media.mkdir(parents=True, exist_ok=True)
+    sections, sheet_rows, everything = [], [], []
+    for root, sequences in groups:
+        clips = [read_real_clip(sequence, finder, work=work, frames=args.frames) for sequence in sequences]
+        start = time.perf_counter()
+        results = [
+            animate_real_clip(
+                pipeline,
+                clip,
+                clips[(number + 1) % len(clips)],
+                steps=args.quality_steps,
+                finder=finder,
+                folder=work,
+                shuffled=args.shuffled_generation,
+                cache_folder=Path(args.cache) / Path(root).name if args.cache else None,
+            )
+            for number, clip in enumerate(clips)
+        ]
+        seconds = time.perf_counter() - start
+        for clip, result in zip(clips, results):
+            sheet_rows += result.pop("sheet_rows")
+            write_side_by_side(media / f"{result['clip']}.mp4", result.pop("video_panels"), clip["audio"], clip["fps"])
+        everything += results
+        shuffled_header = " shuffled audio, generated |" if args.shuffled_generation else ""
+        rows = [
+            f"| {item['clip']} | {item['frames']} | {item['faces_found']:.0%} | **{item['mouth_sync']:.2f}** | "
+            f"{item['truth_vs_itself']:.2f} | {item['shuffled_control']:.2f} |"
+            + (f" {item['shuffled_generated']:.2f} |" if args.shuffled_generation else "")
+            + f" {item['generated_audio']:.2f} | {item['true_audio']:.2f} | {item['shuffled_audio']:.2f} | "
+            f"{item['depth_change_ratio']:.2f} | {item['drift_first']:.3f} | {item['drift_last']:.3f} | "
+            f"{item['true_drift_last']:.3f} |"
+            for item in results
+        ]
+
+        def mean(key: str, items=results) -> float:
+            return float(np.nanmean([item[key] for item in items]))
+
+        beats = sum(item["mouth_sync"] > item["shuffled_control"] for item in results)
+        sections += [
+            f"### `{root}`: {len(results)} clips ({seconds / max(1, sum(r['frames'] for r in results)):.2f} s "
+            "per generated frame)",
+            "",
+            f"Mean mouth sync **{mean('mouth_sync'):.2f}** (shuffled-audio control {mean('shuffled_control'):.2f}; "
+            f"above it on {beats} of {len(results)} clips); mouth–audio generated {mean('generated_audio'):.2f}, "
+            f"true {mean('true_audio'):.2f}; depth change generated / true {mean('depth_change_ratio'):.2f}; "
+            f"drift first → last {mean('drift_first'):.3f} → {mean('drift_last'):.3f} "
+            f"(true video {mean('true_drift_last'):.3f}).",
+            "",
+            "| clip | frames | face found (generated) | mouth sync | truth vs itself | shuffled-audio control |"
+            + shuffled_header
+            + " mouth–audio, generated | mouth–audio, true | mouth–audio, shuffled | depth change, generated / "
+            "true | drift, first frame | drift, last frame | true video's drift, last frame |",
+            "|---|---:|---:|---:|---:|---:|" + ("---:|" if args.shuffled_generation else "") + "---:|---:|---:|"
+            "---:|---:|---:|---:|",
+            *rows,
+            "",
+        ]
+    sheet = write_grid(mouth_sheet_path(args.out), sheet_rows, height=72)
+    summary = [{key: value for key, value in item.items()} for item in everything]
+    (media / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    load_after = os.getloadavg()[0]
+    arguments = " ".join(shlex.quote(argument) for argument in (argv or sys.argv[1:]))
+    source = f"`{args.model}`" if args.model else f"random weights from `{args.config}`"
+    return "\n".join(
+        [
+            "# Talking-head animation on real faces: lip sync, stability, drift",
+            "",
+            f"Command: `python benchmarks/bench_animate.py {arguments}`  ",
+            f"Model: {source}; {model.resolution} px, {args.quality_steps} denoising steps, guidance 2, windows of "
+            f"{model.motion.config.window_frames} frames with {model.motion.config.motion_frames} motion frames.  ",
+            f"Machine: {platform.processor() or platform.machine()}, {args.threads} torch threads, torch "
+            f"{torch.__version__}, CPU; load average {load_before:.1f} at the start and {load_after:.1f} at the end.",
+            "",
+            "Each clip's first frame is the reference and its own audio drives it. Mouth opening: face-mesh "
+            "inner-lip distance over face height on the 128-px frames. Mouth sync: its Pearson correlation over "
+            "frames, generated against true. Truth vs itself: the true mouth read from the crop against the mesh "
+            "stored from the source frame. Shuffled-audio control: the next clip's true mouth against this one's. "
+            "Mouth–audio: correlation with the loudness (RMS per frame); shuffled: the true mouth against the next "
+            "clip's loudness. Depth change: frame-to-frame change of the generated depth over the pseudo-depth "
+            "truth's. Drift: codec-latent distance to the reference over the reference latent's norm.",
+            "",
+            f"Mouth sheet: [`{sheet.name}`]({sheet.name}) (per clip, named in its first caption: the 2 most closed "
+            f"and 2 most open true mouths "
+            f"after the first window, then the generated frames). Side-by-side videos (true | generated | depth, "
+            f"with the audio) and per-clip numbers: [`{media.name}/`]({media.name}/).",
+            "",
+            *sections,
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a talking-head model folder (default: random weights from --config)")
@@ -245,6 +533,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality-steps", type=int, default=2, help="denoising steps of the quality runs")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--out", default="benchmarks/results/animate.md")
+    parser.add_argument("--real", nargs="+", help="folders of prepared talking videos: the real-face measures only")
+    parser.add_argument("--limit", type=int, help="real clips per folder (default all)")
+    parser.add_argument("--frames", type=int, help="animate only the first FRAMES frames of each real clip")
+    parser.add_argument("--cache", help="keep the real clips' generated frames here, and reuse them (same settings!)")
+    parser.add_argument(
+        "--shuffled-generation", action="store_true", help="also animate each clip with the next clip's audio"
+    )
     # Internal: one scaling measurement (run by the benchmark itself in a child process).
     parser.add_argument("--measure-seconds", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--reference", help=argparse.SUPPRESS)
@@ -255,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench_animate."))
     try:
-        report = run_benchmark(args, argv, work)
+        report = run_real_benchmark(args, argv, work) if args.real else run_benchmark(args, argv, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     write_bytes_atomically(args.out, report.encode())
