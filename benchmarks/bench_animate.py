@@ -171,17 +171,8 @@ def animate_sequence(pipeline: RGBDPortraitPipeline, sequence: Path, *, steps: i
     write_rgb_png(reference, samples[0].rgb)
     prepared = prepare_animation(pipeline, reference, sequence / meta["audio"], fps=meta["fps"])
     frames = min(prepared.frame_count, len(true_depth))
-    chunks = list(
-        iter_animation(
-            pipeline,
-            prepared,
-            num_inference_steps=steps,
-            generator=torch.Generator().manual_seed(0),
-            show_progress=False,
-        )
-    )
-    generated = np.concatenate([chunk.depth[:, 0].numpy() for chunk in chunks])[:frames]
-    generated_rgb = torch.cat([chunk.rgb for chunk in chunks])[:frames]
+    generated_rgb, generated = _generate_clip(pipeline, prepared, steps=steps)
+    generated, generated_rgb = generated[:frames], generated_rgb[:frames]
     true_depth = true_depth[:frames]
     region = mouth_region(true_depth, head, np.asarray(meta["jaw_open"][:frames]))
     envelope = loudness(prepared.audio, prepared.fps, frames)
@@ -269,7 +260,8 @@ def generate_clip(
     if cache is not None and cache.is_file():
         stored = np.load(cache)
         return torch.from_numpy(stored["rgb"]), stored["depth"]
-    rgb, depth = _generate_clip(pipeline, reference, audio, fps=fps, steps=steps)
+    prepared = prepare_animation(pipeline, reference, audio, fps=fps, center_on_face=False)
+    rgb, depth = _generate_clip(pipeline, prepared, steps=steps)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache.with_suffix(".tmp.npz"), rgb=rgb.numpy(), depth=depth)
@@ -277,8 +269,8 @@ def generate_clip(
     return rgb, depth
 
 
-def _generate_clip(pipeline: RGBDPortraitPipeline, reference: Path, audio: Path, *, fps: float, steps: int):
-    prepared = prepare_animation(pipeline, reference, audio, fps=fps, center_on_face=False)
+def _generate_clip(pipeline: RGBDPortraitPipeline, prepared, *, steps: int):
+    """Every frame of a prepared animation: rgb (T, 3, H, W) and depth (T, H, W), seeded."""
     chunks = list(
         iter_animation(
             pipeline,
