@@ -207,3 +207,13 @@ def test_shipped_configs_build(name):
         # The expanded backbone adds 14 input channels to conv_in (320·14·3·3) and 4 outputs to conv_out.
         assert count(model.backbone) == base + 320 * 14 * 9 + 4 * 320 * 9 + 4
         assert count(model.vae) == SD_VAE_PARAMETERS
+
+
+def test_the_input_framing_is_a_checked_setting(tmp_path):
+    model = RGBDPortraitModel.from_config(tiny_model_section(resolution=32) | {"fit": "face"})
+    assert model.settings.fit == "face"
+    model.save_pretrained(tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "model_index.json").read_text())["fit"] == "face"
+    assert RGBDPortraitModel.from_pretrained(tmp_path / "model").settings.fit == "face"
+    with pytest.raises(UserInputError, match="fit must be one of crop, pad, face, got 'tight'"):
+        RGBDPortraitModel.from_config(tiny_model_section(resolution=32) | {"fit": "tight"})

@@ -111,6 +111,18 @@ def test_predict_depth_ensembles_once_per_call_and_maps_back(pipe, reference_net
     _check_normals(out.normals[0])
 
 
+def test_the_model_names_the_default_fit(pipe, monkeypatch):
+    image = _image(20, 30, seed=1)
+    cropped = pipe.predict_depth(image, output_type="np", match_input_size=True, generator=_generator(), **FAST)
+    monkeypatch.setattr(pipe.model.settings, "fit", "pad")
+    padded = pipe.predict_depth(image, output_type="np", match_input_size=True, generator=_generator(), **FAST)
+    assert not cropped.mask[0][:, :5].any() and padded.mask[0].all()  # the padded square covers every pixel
+    explicit = pipe.predict_depth(
+        image, output_type="np", match_input_size=True, generator=_generator(), fit="crop", **FAST
+    )
+    np.testing.assert_array_equal(explicit.depth[0], cropped.depth[0])
+
+
 def test_every_second_ensemble_member_sees_the_mirror_image(pipe, monkeypatch):
     encoded, member_latents = [], []
     encode, sample = pipe.model.codec.encode_rgb, pipe._sample

@@ -64,3 +64,52 @@ def test_without_mediapipe_the_fit_is_centred(monkeypatch):
     image = np.zeros((8, 12, 3), np.float32)
     assert centres(image) is None and centres(image) is None
     assert plan_fit(image, 4, mode="crop", face_centres=centres).left == 2
+
+
+def test_face_fit_frames_the_face_as_the_training_crops():
+    if importlib.util.find_spec("mediapipe") is None:
+        pytest.skip("MediaPipe is not installed (the prepare extra)")
+    from skimage.data import astronaut
+
+    from rgbd_portrait.data.prepare.alignment import align_face, warp_to_crop
+    from rgbd_portrait.data.prepare.faces import FaceFinder
+
+    photo = astronaut()
+    centres = FaceCentres()
+    fit = plan_fit(photo.astype(np.float32) / 255, 64, mode="face", face_centres=centres)
+    crop_fit = plan_fit(photo.astype(np.float32) / 255, 64, mode="crop", face_centres=centres)
+    assert fit.side < crop_fit.side / 2  # the face, not the whole picture
+    face = FaceFinder().find(photo)[0]
+    center_x, center_y = face.box[0] + face.box[2] / 2, face.box[1] + face.box[3] / 2
+    assert fit.left < center_x < fit.left + fit.side and fit.top < center_y < fit.top + fit.side
+    # A photo already cropped as `prepare` crops it is framed as a whole (the crop is upright, so nearly).
+    prepared, _ = warp_to_crop(photo, align_face(face.landmarks, 192))
+    refit = plan_fit(prepared.astype(np.float32) / 255, 64, mode="face", face_centres=centres)
+    assert abs(refit.side - 192) <= 12 and abs(refit.left) <= 8 and abs(refit.top) <= 8
+
+
+def test_face_fit_pads_past_the_borders_and_maps_back():
+    from rgbd_portrait.pipelines.inputs import face_square_fit
+
+    fit = face_square_fit(10, 20, 8, (2.0, 5.0, 8.0))  # centre near the left edge
+    assert (fit.top, fit.left, fit.side) == (1, -2, 8)
+    image = np.arange(200, dtype=np.float32).reshape(10, 20)
+    square = fit.apply(image, interpolation="nearest")
+    np.testing.assert_array_equal(square[:, 2:], image[1:9, 0:6])  # columns past the border repeat the edge
+    back = fit.to_input_size(np.ones((8, 8), bool), interpolation="nearest")
+    assert back[1:9, 0:6].all() and back.sum() == 48
+
+
+def test_face_fit_without_a_face_is_the_crop(monkeypatch):
+    from rgbd_portrait.data.prepare import faces
+
+    def missing():
+        raise UserInputError("preparing portraits needs MediaPipe (No module named 'mediapipe')")
+
+    monkeypatch.setattr(faces, "import_mediapipe", missing)
+    image = np.zeros((8, 12, 3), np.float32)
+    assert plan_fit(image, 4, mode="face", face_centres=FaceCentres()) == plan_fit(
+        image, 4, mode="crop", face_centres=None
+    )
+    with pytest.raises(UserInputError, match="fit: 'tight' is not one of crop, pad, face"):
+        plan_fit(image, 4, mode="tight", face_centres=None)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.fit_modes import FIT_MODES
 from rgbd_portrait.pipelines.export_names import EXPORTS, MESH_FORMATS
 from rgbd_portrait.weights import default_model_dir
 
@@ -27,9 +28,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--resolution", type=int, help="square side the model works at (default: from the model)")
     group.add_argument(
         "--fit",
-        choices=("crop", "pad"),
-        default="crop",
-        help="make inputs square by cropping (default; centred on the face when MediaPipe is installed) or padding",
+        choices=FIT_MODES,
+        help="make inputs square: crop the largest square (centred on the face when MediaPipe is installed), pad "
+        "the image, or frame the face as in the training crops (needs MediaPipe; default: from the model)",
     )
     group.add_argument("--no-face-centering", action="store_true", help="centre square crops on the image centre")
 

@@ -2,8 +2,9 @@
 
 A capture folder `<person>/<pose>_<k>/` holds `rgb.png` (registered to the depth, background black),
 `depth_raw.png` (16-bit Kinect units, larger = farther, 0 = no data) and `mask.png`. Each image goes through
-the pipeline as a user's photo does: a face-centred square crop, depth mapped back to the image's pixels
-(`match_input_size`), no mask given. MediaPipe's face mesh on the image gives 478 landmarks; captures where it
+the pipeline as a user's photo does: framed by the model's default fit (its `fit` setting: a face-centred
+square crop, or the face framed as in training), depth mapped back to the image's pixels (`match_input_size`),
+no mask given. MediaPipe's face mesh on the image gives 478 landmarks; captures where it
 finds no face are left out (and counted).
 
 The person
@@ -183,6 +184,11 @@ def evaluate_kinect_depth(
         "people": len({key.split("/")[0] for key in scored_keys}),
         "without_face": without_face,
         "too_few_landmarks": few_landmarks,
+        "fits": {
+            name: model.model.settings.fit
+            for name, model in (("model", pipeline), (BASELINE_MODEL, baseline_pipeline))
+            if model is not None
+        },
         "rows": mean_rows(rows),
     }
     if landmark_counts:
@@ -204,6 +210,10 @@ def _sheet_row(capture: KinectCapture, region: torch.Tensor, predictions: Mappin
     return row
 
 
+def _fits(section: Mapping[str, Any]) -> str:
+    return ", ".join(f"{name} {fit}" for name, fit in section.get("fits", {}).items()) or "face-centred crop"
+
+
 def format_kinect_depth(section: Mapping[str, Any]) -> str:
     """The rap3df results as Markdown."""
     lines = [
@@ -211,10 +221,10 @@ def format_kinect_depth(section: Mapping[str, Any]) -> str:
         "",
         f"{section['scored']} of {section['captures']} captures scored ({section['people']} people); no face found "
         f"in {len(section['without_face'])}, fewer than {MIN_LANDMARKS} landmarks on the person in "
-        f"{len(section['too_few_landmarks'])}. Images given as a user's photo (face-centred crop, depth mapped "
-        "back to the image). AbsRel and δ after a least-squares scale (kept >= 0) and shift on the person's Kinect "
+        f"{len(section['too_few_landmarks'])}. Images given as a user's photo (framed by each model's default fit: "
+        f"{_fits(section)}; depth mapped back to the image). AbsRel and δ after a least-squares scale (kept >= 0) and shift on the person's Kinect "
         f"pixels (within {PERSON_DEPTH_RANGE[0]}–{PERSON_DEPTH_RANGE[1]}× the face's depth) inside the predicted "
-        "square; Spearman between depth and Kinect depth at the face-mesh landmarks on them"
+        "squares of every model; Spearman between depth and Kinect depth at the face-mesh landmarks on them"
         + (f" ({section['landmarks_per_capture']:.0f} per capture)." if "landmarks_per_capture" in section else "."),
         "",
         format_table(section),

@@ -1,4 +1,5 @@
-"""Model-level settings stored with a checkpoint: prediction type, noise schedule, default steps and resolution.
+"""Model-level settings stored with a checkpoint: prediction type, noise schedule, default steps, resolution
+and how inputs are framed.
 
 The default sampler is Marigold's few-step recipe: DDIM with "trailing" timesteps on a zero-terminal-SNR
 schedule (Lin et al., 2024), which needs a v (or x0) prediction, since ε carries no information at zero SNR. The
@@ -16,6 +17,7 @@ import diffusers
 from diffusers import SchedulerMixin
 
 from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.fit_modes import FIT_MODES
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 DEFAULT_SCHEDULER: dict[str, Any] = {
@@ -31,7 +33,7 @@ DEFAULT_SCHEDULER: dict[str, Any] = {
 }
 # Scheduler entries that define the noise levels a UNet was trained with (carried over from a base model).
 NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "trained_betas")
-SETTING_KEYS = ("prediction_type", "scheduler", "default_steps", "resolution", "depth_steps", "ensemble_size")
+SETTING_KEYS = ("prediction_type", "scheduler", "default_steps", "resolution", "depth_steps", "ensemble_size", "fit")
 # Image→depth steps when the schedule's timesteps are "trailing": the first step then starts from pure noise and
 # a few steps suffice (Marigold's recipe); other schedules use `default_steps`.
 FEW_STEP_DEPTH_STEPS = 4
@@ -52,7 +54,9 @@ def _accepted_arguments(cls: type) -> set[str]:
 class ModelSettings:
     """Everything about a model that is not weights. `resolution` is the default square side in pixels;
     `depth_steps` and `ensemble_size` are image→depth's defaults (denoising steps, predictions combined per
-    image); `depth_steps=None` resolves to `FEW_STEP_DEPTH_STEPS` for trailing timesteps, else `default_steps`."""
+    image); `depth_steps=None` resolves to `FEW_STEP_DEPTH_STEPS` for trailing timesteps, else `default_steps`;
+    `fit` is the default framing of input images (one of `FIT_MODES`): a model trained on face crops is best
+    given its inputs framed the same way."""
 
     prediction_type: str = "v_prediction"
     scheduler: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SCHEDULER))
@@ -60,6 +64,7 @@ class ModelSettings:
     resolution: int = 512
     depth_steps: int | None = None
     ensemble_size: int = 1
+    fit: str = "crop"
 
     def __post_init__(self) -> None:
         if self.depth_steps is None:
@@ -97,6 +102,7 @@ class ModelSettings:
             resolution=values.get("resolution", defaults.resolution),
             depth_steps=values.get("depth_steps"),
             ensemble_size=values.get("ensemble_size", defaults.ensemble_size),
+            fit=values.get("fit", defaults.fit),
         )
         settings.check(source=source)
         return settings
@@ -111,6 +117,8 @@ class ModelSettings:
                 f"{source}: a zero-terminal-SNR schedule (scheduler.rescale_betas_zero_snr) needs "
                 f"prediction_type v_prediction or sample, not epsilon"
             )
+        if self.fit not in FIT_MODES:
+            raise UserInputError(f"{source}: fit must be one of {', '.join(FIT_MODES)}, got {self.fit!r}")
         for name in ("default_steps", "resolution", "depth_steps", "ensemble_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

@@ -117,7 +117,7 @@ def prepare_animation(
     fps: float | None = None,
     seconds: float | None = None,
     resolution: int | None = None,
-    fit: str = "crop",
+    fit: str | None = None,
     center_on_face: bool = True,
     audio_encoder: str | os.PathLike | None = None,
 ) -> PreparedAnimation:
@@ -301,7 +301,7 @@ def animate(
     num_inference_steps: int | None = None,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     resolution: int | None = None,
-    fit: str = "crop",
+    fit: str | None = None,
     center_on_face: bool = True,
     audio_encoder: str | os.PathLike | None = None,
     generator: torch.Generator | None = None,

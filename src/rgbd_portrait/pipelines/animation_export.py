@@ -203,7 +203,7 @@ def run_animate(
     num_inference_steps: int | None = None,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     resolution: int | None = None,
-    fit: str = "crop",
+    fit: str | None = None,
     center_on_face: bool = True,
     audio_encoder: str | os.PathLike | None = None,
 ) -> Path:

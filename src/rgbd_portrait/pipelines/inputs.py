@@ -9,8 +9,8 @@ Every input becomes numpy at this boundary (`rgbd_portrait.data.image_io`'s conv
             any unit, larger = farther; non-finite pixels are invalid
     masks   a path, a PIL image, a bool/0-1 array or tensor (H, W), or a list; nonzero = subject
 
-The square fit is centred on the largest face when MediaPipe is installed (the `prepare` extra) and on the
-image centre otherwise.
+The square fit (`rgbd_portrait.fit_modes`) is centred on the largest face when MediaPipe is installed (the
+`prepare` extra) and on the image centre otherwise.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from rgbd_portrait.data.image_io import (
     to_uint8_rgb,
 )
 from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.fit_modes import FIT_MODES
 
-FitMode = Literal["crop", "pad"]
-FIT_MODES = ("crop", "pad")
+FitMode = Literal["crop", "pad", "face"]
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 DepthInput = str | os.PathLike | np.ndarray | torch.Tensor
@@ -203,16 +203,17 @@ def match_count(items: list, count: int, *, argument: str, other: str) -> list:
 
 
 class FaceCentres:
-    """Centre (x, y) of the largest face in an image, when MediaPipe is installed; None otherwise.
+    """The largest face in an image, when MediaPipe is installed: its centre (x, y), or the square `prepare`
+    would crop around it (`framing`); None when no face is found or MediaPipe is missing.
 
-    The detector is created on first use and kept; if MediaPipe is missing, every call returns None.
+    The detector is created on first use and kept.
     """
 
     def __init__(self) -> None:
         self._finder = None
         self._available = True
 
-    def __call__(self, pixels: np.ndarray) -> tuple[float, float] | None:
+    def _largest_face(self, pixels: np.ndarray):
         if not self._available:
             return None
         if self._finder is None:
@@ -224,10 +225,24 @@ class FaceCentres:
                 self._available = False
                 return None
         faces = self._finder.find(to_uint8_rgb(pixels))
-        if not faces:
+        return faces[0] if faces else None
+
+    def __call__(self, pixels: np.ndarray) -> tuple[float, float] | None:
+        face = self._largest_face(pixels)
+        if face is None:
             return None
-        x, y, width, height = faces[0].box
+        x, y, width, height = face.box
         return x + width / 2.0, y + height / 2.0
+
+    def framing(self, pixels: np.ndarray) -> tuple[float, float, float] | None:
+        """(centre x, centre y, side) of the upright square holding the face as in `prepare`'s crops."""
+        face = self._largest_face(pixels)
+        if face is None:
+            return None
+        from rgbd_portrait.data.prepare.alignment import align_face
+
+        alignment = align_face(face.landmarks, size=1)
+        return float(alignment.center[0]), float(alignment.center[1]), 2.0 * float(np.linalg.norm(alignment.half_axis))
 
 
 def plan_fit(
@@ -237,7 +252,11 @@ def plan_fit(
     mode: FitMode,
     face_centres: FaceCentres | None,
 ) -> SquareFit:
-    """The square fit of an image (face-centred when `face_centres` finds a face) or of a bare (H, W) shape."""
+    """The square fit of an image (face-centred when `face_centres` finds a face) or of a bare (H, W) shape.
+
+    "face" frames the face found by `face_centres`; without one (no face, no detector, a bare shape) it falls
+    back to "crop".
+    """
     if mode not in FIT_MODES:
         raise UserInputError(f"fit: {mode!r} is not one of {', '.join(FIT_MODES)}")
     if isinstance(pixels_or_shape, tuple):
@@ -245,8 +264,26 @@ def plan_fit(
         center = None
     else:
         height, width = pixels_or_shape.shape[:2]
+        if mode == "face" and face_centres is not None:
+            framing = face_centres.framing(pixels_or_shape)
+            if framing is not None:
+                return face_square_fit(height, width, side, framing)
         center = face_centres(pixels_or_shape) if face_centres is not None else None
-    return plan_square_fit(height, width, side, center=center, mode=mode)
+    return plan_square_fit(height, width, side, center=center, mode="pad" if mode == "pad" else "crop")
+
+
+def face_square_fit(height: int, width: int, output_side: int, framing: tuple[float, float, float]) -> SquareFit:
+    """The square (centre x, centre y, side) on a (height, width) image; parts past the borders are padding."""
+    center_x, center_y, side = framing
+    side = max(1, round(side))
+    return SquareFit(
+        input_height=height,
+        input_width=width,
+        top=round(center_y - side / 2.0),
+        left=round(center_x - side / 2.0),
+        side=side,
+        output_side=output_side,
+    )
 
 
 def fit_image(image: LoadedImage, fit: SquareFit) -> torch.Tensor:

@@ -385,21 +385,26 @@ class RGBDPortraitPipeline:
         rgb, depth = self.model.codec.decode_rgbd(latents)
         return ((rgb.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu(), to_unit_range(depth.float()).cpu()
 
+    def _fit_mode(self, fit: FitMode | None) -> FitMode:
+        return self.model.settings.fit if fit is None else fit
+
     def _fit_images(
-        self, images: list[LoadedImage], side: int, *, fit: FitMode, center_on_face: bool
+        self, images: list[LoadedImage], side: int, *, fit: FitMode | None, center_on_face: bool
     ) -> tuple[list[SquareFit], torch.Tensor]:
+        mode = self._fit_mode(fit)
         fits = [
-            plan_fit(image.pixels, side, mode=fit, face_centres=self.face_centres if center_on_face else None)
+            plan_fit(image.pixels, side, mode=mode, face_centres=self.face_centres if center_on_face else None)
             for image in images
         ]
         return fits, torch.stack([fit_image(image, fit_) for image, fit_ in zip(images, fits)])
 
     def _fit_depths(
-        self, depths: list[LoadedDepth], side: int, *, fit: FitMode, fits: list[SquareFit] | None = None
+        self, depths: list[LoadedDepth], side: int, *, fit: FitMode | None, fits: list[SquareFit] | None = None
     ) -> tuple[list[SquareFit], torch.Tensor, torch.Tensor]:
         """Depth maps fitted to the model (with the given fits, or centred ones) and normalised on their masks."""
         if fits is None:
-            fits = [plan_fit(depth.depth.shape, side, mode=fit, face_centres=None) for depth in depths]
+            mode = self._fit_mode(fit)
+            fits = [plan_fit(depth.depth.shape, side, mode=mode, face_centres=None) for depth in depths]
         fitted = [fit_depth(depth, fit_) for depth, fit_ in zip(depths, fits)]
         values = torch.stack([depth for depth, _ in fitted])
         valid = torch.stack([mask for _, mask in fitted])
@@ -455,7 +460,7 @@ class RGBDPortraitPipeline:
         known_depth_mask: MaskInput | Sequence[MaskInput] | None = None,
         conditioning: Conditioning = "replacement",
         resolution: int | None = None,
-        fit: FitMode = "crop",
+        fit: FitMode | None = None,
         center_on_face: bool = True,
         generator: GeneratorInput = None,
         latents: torch.Tensor | None = None,
@@ -618,7 +623,7 @@ class RGBDPortraitPipeline:
         guidance_scale: float = 1.0,
         training_free: bool = False,
         resolution: int | None = None,
-        fit: FitMode = "crop",
+        fit: FitMode | None = None,
         center_on_face: bool = True,
         match_input_size: bool = False,
         generator: GeneratorInput = None,
@@ -691,7 +696,7 @@ class RGBDPortraitPipeline:
         guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         training_free: bool = False,
         resolution: int | None = None,
-        fit: FitMode = "crop",
+        fit: FitMode | None = None,
         center_on_face: bool = True,
         match_input_size: bool = False,
         generator: GeneratorInput = None,
@@ -772,7 +777,7 @@ class RGBDPortraitPipeline:
         ensemble_size: int | None = None,
         guidance_scale: float = 1.0,
         resolution: int | None = None,
-        fit: FitMode = "crop",
+        fit: FitMode | None = None,
         center_on_face: bool = True,
         match_input_size: bool = False,
         generator: GeneratorInput = None,
