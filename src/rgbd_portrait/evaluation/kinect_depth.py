@@ -222,9 +222,10 @@ def format_kinect_depth(section: Mapping[str, Any]) -> str:
         f"{section['scored']} of {section['captures']} captures scored ({section['people']} people); no face found "
         f"in {len(section['without_face'])}, fewer than {MIN_LANDMARKS} landmarks on the person in "
         f"{len(section['too_few_landmarks'])}. Images given as a user's photo (framed by each model's default fit: "
-        f"{_fits(section)}; depth mapped back to the image). AbsRel and δ after a least-squares scale (kept >= 0) and shift on the person's Kinect "
-        f"pixels (within {PERSON_DEPTH_RANGE[0]}–{PERSON_DEPTH_RANGE[1]}× the face's depth) inside the predicted "
-        "squares of every model; Spearman between depth and Kinect depth at the face-mesh landmarks on them"
+        f"{_fits(section)}; depth mapped back to the image). AbsRel and δ after a least-squares scale (kept >= 0) "
+        f"and shift on the person's Kinect pixels (within {PERSON_DEPTH_RANGE[0]}–{PERSON_DEPTH_RANGE[1]}× the "
+        "face's depth) inside the predicted squares of every model; Spearman between depth and Kinect depth at the "
+        "face-mesh landmarks on them"
         + (f" ({section['landmarks_per_capture']:.0f} per capture)." if "landmarks_per_capture" in section else "."),
         "",
         format_table(section),

@@ -3,10 +3,10 @@
 Files `yaleBNN/yaleBNN_P00A±aaaE±ee.png` show one person in the frontal pose lit by a single point light at
 azimuth A and elevation E degrees (168×192 greyscale, the face filling the frame). For each light pair of
 `LIGHT_PAIRS`, the person's photo under the source light is relit to the target light with
-`RGBDPortraitPipeline.relight` from its predicted depth, as a user would (face-centred crop, results at the
-photo's pixels), once with the original light estimated by the pipeline and once with it known, and compared
-with the person's photo under the target light: PSNR and SSIM, greyscale, on the face region. Baselines: the
-input unrelit, and a baseline model.
+`RGBDPortraitPipeline.relight` from its predicted depth, as a user would (framed by the model's default fit,
+results at the photo's pixels), once with the original light estimated by the pipeline and once with it known,
+and compared with the person's photo under the target light: PSNR and SSIM, greyscale, on the face region.
+Baselines: the input unrelit, and a baseline model.
 
 Light convention
     `direction_from_angles`, which every light of the pipeline goes through: azimuth 0 = from the camera,
@@ -246,8 +246,9 @@ def format_real_relighting(section: Mapping[str, Any]) -> str:
         f"## Real relighting (Extended Yale B): `{section['data']}`",
         "",
         f"{section['pairs']} light pairs of {section['people']} people: each photo relit from its known light to "
-        "another (predicted depth, face-centred crop) and compared with the photo under that light, greyscale, on "
-        "a central ellipse of the face. Lights: Yale B (A, E) = our (−A, E), one lamp plus 1 % ambient.",
+        "another (predicted depth, framed by each model's default fit) and compared with the photo under that "
+        "light, greyscale, on a central ellipse of the face. Lights: Yale B (A, E) = our (−A, E), one lamp plus "
+        "1 % ambient.",
         "",
     ]
     if check["azimuth_pairs"] or check["elevation_pairs"]:
