@@ -25,7 +25,7 @@ from rgbd_portrait.data.synth.studio import (
     studio_identity,
 )
 from rgbd_portrait.errors import UserInputError
-from rgbd_portrait.pipelines.inputs import FaceCentres, LoadedImage, fit_image, plan_fit
+from rgbd_portrait.pipelines.inputs import FaceCentres, FitMode, LoadedImage, fit_image, plan_fit
 
 INPUTS_FOLDER = Path("inputs")
 # The studio data set of configs/default.yaml (data.synthesize): its test split is held out from the shipped
@@ -153,9 +153,11 @@ PUBLIC_PORTRAITS = (
 )
 
 
-def prepare_photos(root: Path, *, side: int, face_centres: FaceCentres | None) -> tuple[list[Portrait], list[str]]:
-    """Cut each available public portrait to a `side` square around its face into `root/inputs`; returns the
-    portraits and a note for each photo whose package is not installed."""
+def prepare_photos(
+    root: Path, *, side: int, fit: FitMode, face_centres: FaceCentres | None
+) -> tuple[list[Portrait], list[str]]:
+    """Cut each available public portrait to a `side` square around its face, framed as `fit` (the model's),
+    into `root/inputs`; returns the portraits and a note for each photo whose package is not installed."""
     portraits, notes = [], []
     for photo in PUBLIC_PORTRAITS:
         try:
@@ -163,8 +165,8 @@ def prepare_photos(root: Path, *, side: int, face_centres: FaceCentres | None) -
         except ImportError:
             notes.append(f"{photo.title} ({photo.name}) is left out: {photo.package} is not installed.")
             continue
-        fit = plan_fit(pixels, side, mode="crop", face_centres=face_centres)
-        square = fit_image(LoadedImage(source=photo.name, pixels=pixels), fit).permute(1, 2, 0).numpy()
+        square_fit = plan_fit(pixels, side, mode=fit, face_centres=face_centres)
+        square = fit_image(LoadedImage(source=photo.name, pixels=pixels), square_fit).permute(1, 2, 0).numpy()
         image = INPUTS_FOLDER / f"{photo.name}.png"
         write_rgb_png(root / image, square)
         portraits.append(

@@ -356,7 +356,8 @@ def run_demo(
             setup_steps[1], lambda: render_synthetic(root, identities, side=side, device=render_device)
         )
         photos, notes = timed_setup(
-            setup_steps[2], lambda: prepare_photos(root, side=side, face_centres=loaded.face_centres)
+            setup_steps[2],
+            lambda: prepare_photos(root, side=side, fit=loaded.model.settings.fit, face_centres=loaded.face_centres),
         )
         # Photographs first: they are what users bring.
         portraits = photos + synthetic
