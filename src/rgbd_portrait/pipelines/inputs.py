@@ -268,7 +268,9 @@ def plan_fit(
             framing = face_centres.framing(pixels_or_shape)
             if framing is not None:
                 return face_square_fit(height, width, side, framing)
-        center = face_centres(pixels_or_shape) if face_centres is not None else None
+            center = None  # no face found: the detector need not run again
+        else:
+            center = face_centres(pixels_or_shape) if face_centres is not None else None
     return plan_square_fit(height, width, side, center=center, mode="pad" if mode == "pad" else "crop")
 
 
