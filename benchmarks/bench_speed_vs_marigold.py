@@ -30,6 +30,7 @@ from rgbd_portrait.evaluation.speed import (
     MARIGOLD_DEFAULT_STEPS,
     build_marigold_peer,
     compare_reference_caching,
+    depth_calls,
     interleaved_median_seconds,
 )
 from rgbd_portrait.models import RGBDPortraitModel, read_model_section
@@ -75,27 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         seconds = interleaved_median_seconds({"first": first, "second": second}, device=device, repeats=args.repeats)
         return seconds["first"], seconds["second"]
 
-    def ours(steps: int, ensemble: int):
-        return lambda: pipeline.predict_depth(
-            image,
-            num_inference_steps=steps,
-            ensemble_size=ensemble,
-            center_on_face=False,
-            output_type="pt",
-            generator=torch.Generator().manual_seed(0),
-        )
-
-    def marigold(steps: int, ensemble: int):
-        return lambda: peer(
-            image,
-            num_inference_steps=steps,
-            ensemble_size=ensemble,
-            processing_resolution=side,
-            match_input_resolution=False,
-            output_type="pt",
-            generator=torch.Generator().manual_seed(0),
-        )
-
     settings_compared = [(f"{steps} steps, 1 prediction", (steps, 1), (steps, 1)) for steps in args.steps]
     if settings.ensemble_size > 1:
         steps = settings.depth_steps
@@ -137,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     depth_rows = {}
     if "depth" in sections:
         for name, our_setting, peer_setting in settings_compared:
-            ours_seconds, peer_seconds = time_pair(ours(*our_setting), marigold(*peer_setting))
+            ours_seconds, peer_seconds = time_pair(
+                *depth_calls(pipeline, peer, image, ours=our_setting, marigold=peer_setting)
+            )
             depth_rows[name] = {
                 "ours s": ours_seconds,
                 "Marigold s": peer_seconds,

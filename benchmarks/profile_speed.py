@@ -44,7 +44,7 @@ from torch.profiler import ProfilerActivity, profile, record_function, schedule
 from benchmark_support import command_line, machine_line, write_markdown
 from rgbd_portrait.data.synth import render_dataset
 from rgbd_portrait.evaluation.results import format_markdown_table
-from rgbd_portrait.evaluation.speed import build_marigold_peer
+from rgbd_portrait.evaluation.speed import build_marigold_peer, depth_calls
 from rgbd_portrait.models import RGBDPortraitModel, read_model_section
 from rgbd_portrait.models.layout import Task, task_masks
 from rgbd_portrait.pipelines import RGBDPortraitPipeline
@@ -122,26 +122,7 @@ def profile_image_to_depth(model: RGBDPortraitModel, *, steps: int, ensemble: in
     side = model.resolution
     image = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
 
-    def ours():
-        pipeline.predict_depth(
-            image,
-            num_inference_steps=steps,
-            ensemble_size=ensemble,
-            center_on_face=False,
-            output_type="pt",
-            generator=torch.Generator().manual_seed(0),
-        )
-
-    def marigold():
-        peer(
-            image,
-            num_inference_steps=steps,
-            ensemble_size=1,
-            processing_resolution=side,
-            match_input_resolution=False,
-            output_type="pt",
-            generator=torch.Generator().manual_seed(0),
-        )
+    ours, marigold = depth_calls(pipeline, peer, image, ours=(steps, ensemble), marigold=(steps, 1))
 
     ranges = ModuleRanges(model_ranges(model) | {"Marigold UNet": peer.unet})
     labels = ("VAE encoder", "reference net", "backbone", "Marigold UNet", "VAE decoder")

@@ -135,6 +135,37 @@ class ReferenceEveryStep:
 
 
 @torch.no_grad()
+def depth_calls(
+    pipeline, peer: MarigoldDepthPipeline, image: torch.Tensor, *, ours: tuple[int, int], marigold: tuple[int, int]
+) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """Image→depth of `image` at the model's square by our pipeline and by its Marigold peer, as calls to time;
+    `ours` and `marigold` are each one's (steps, ensemble members). Fixed seeds, no face detection on our side."""
+    (our_steps, our_members), (peer_steps, peer_members) = ours, marigold
+
+    def ours_call():
+        return pipeline.predict_depth(
+            image,
+            num_inference_steps=our_steps,
+            ensemble_size=our_members,
+            center_on_face=False,
+            output_type="pt",
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    def marigold_call():
+        return peer(
+            image,
+            num_inference_steps=peer_steps,
+            ensemble_size=peer_members,
+            processing_resolution=pipeline.model.resolution,
+            match_input_resolution=False,
+            output_type="pt",
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    return ours_call, marigold_call
+
+
 def compare_reference_caching(
     model: RGBDPortraitModel, image: torch.Tensor, *, steps: int, repeats: int = 3, seed: int = 0
 ) -> dict[str, float]:
