@@ -54,6 +54,13 @@ def test_template_is_the_masked_average_of_normalised_training_depth(data_dir):
     np.testing.assert_allclose(template.depth.numpy(), EXPECTED_TEMPLATE, atol=1e-6)
 
 
+def test_template_shows_progress_only_when_asked(data_dir, capsys):
+    MeanFaceTemplate.from_data(data_dir, show_progress=False)
+    assert capsys.readouterr().err == ""
+    MeanFaceTemplate.from_data(data_dir)
+    assert "mean-face template" in capsys.readouterr().err
+
+
 def test_template_resizes_to_the_requested_size_and_to_each_image(data_dir):
     template = MeanFaceTemplate.from_data(data_dir, size=(16, 16))
     assert template.depth.shape == (16, 16)

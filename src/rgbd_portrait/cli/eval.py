@@ -106,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline_model is not None:
         load_baseline = pipeline_loader(argparse.Namespace(**vars(args) | {"model": args.baseline_model}))
     needs_template = {"image_to_depth", "depth_to_image"} & set(options.tasks)
-    template = load_template(args.template, args.data) if needs_template and args.data else None
+    template = None
+    if needs_template and args.data:
+        template = load_template(args.template, args.data, show_progress=not args.no_progress)
     pipeline = load_pipeline()
     # The evaluation shows its own progress; one denoising bar per call would bury it.
     pipeline.set_progress_bar_config(disable=True)

@@ -70,7 +70,12 @@ class MeanFaceTemplate:
 
     @classmethod
     def from_data(
-        cls, data_dir: str | os.PathLike, *, split: str = "train", size: tuple[int, int] | None = None
+        cls,
+        data_dir: str | os.PathLike,
+        *,
+        split: str = "train",
+        size: tuple[int, int] | None = None,
+        show_progress: bool = True,
     ) -> MeanFaceTemplate:
         """Average the normalised depth of every `split` sample under `data_dir`, pixel by pixel, on the masks.
 
@@ -82,7 +87,7 @@ class MeanFaceTemplate:
         if not folders:
             raise UserInputError(f"{data_dir}: no sample with split '{split}' in its meta.json")
         depth_sum = mask_sum = None
-        for folder in tqdm(folders, desc="mean-face template", unit="sample"):
+        for folder in tqdm(folders, desc="mean-face template", unit="sample", disable=not show_progress):
             sample = read_sample(folder, extras=False)
             depth = torch.from_numpy(sample.depth)
             mask = torch.from_numpy(sample.mask)

@@ -235,7 +235,7 @@ def evaluate_real_faces(
     generation_tasks = tuple(task for task in ("depth_to_image", "joint") if task in options.tasks)
     template = None
     if "image_to_depth" in options.tasks or "depth_to_image" in generation_tasks:
-        template = load_template(None, data_dir)
+        template = load_template(None, data_dir, show_progress=show_progress)
         if template is None:
             results["notes"].append("no 'train' split in the folder: the mean-face template is left out")
     if "image_to_depth" in options.tasks:

@@ -832,12 +832,14 @@ def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike, *, titl
     return json_path, markdown_path
 
 
-def load_template(path: str | os.PathLike | None, data_dir: str | os.PathLike) -> MeanFaceTemplate | None:
+def load_template(
+    path: str | os.PathLike | None, data_dir: str | os.PathLike, *, show_progress: bool = True
+) -> MeanFaceTemplate | None:
     """The template saved at `path`, or else the one of the data folder's training split (None if it has none)."""
     if path is not None:
         return MeanFaceTemplate.load(path)
     try:
-        return MeanFaceTemplate.from_data(data_dir, split="train")
+        return MeanFaceTemplate.from_data(data_dir, split="train", show_progress=show_progress)
     except UserInputError:
         return None
 
