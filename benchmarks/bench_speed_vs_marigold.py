@@ -11,8 +11,8 @@ Run from the repository root. Speed does not depend on the weights, so by defaul
 weights (the architecture of --config; or --model, a trained folder). Marigold's pipeline is built offline by
 `rgbd_portrait.evaluation.speed.build_marigold_peer`: a UNet of our backbone's architecture with Marigold's
 channels, our VAE, our scheduler (DDIM, trailing, zero terminal SNR: Marigold v1-1's), a zero empty-prompt
-embedding. Same input image, device, dtype and resolution for everything, in one run; batch 1, median of
---repeats calls after a warm-up. Writes a Markdown table and a PNG.
+embedding. Same input image, device, dtype (--dtype, for both) and resolution for everything, in one run;
+batch 1, median of --repeats calls after a warm-up. Writes a Markdown table and a PNG.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 4, 10], help="equal-step comparisons")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="both pipelines' weights"
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument(
         "--sections",
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
 
-    model = load_model(args).to(device)
+    model = load_model(args).to(device, getattr(torch, args.dtype))
     pipeline = RGBDPortraitPipeline(model)
     pipeline.set_progress_bar_config(disable=True)
     peer = build_marigold_peer(model)
