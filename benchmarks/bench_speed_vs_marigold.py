@@ -6,6 +6,8 @@ versus two passes, and reference caching versus re-running the reference net at 
         --out benchmarks/results/speed_vs_marigold_sd15.md
     python benchmarks/bench_speed_vs_marigold.py --model src/rgbd_portrait/weights/default --steps 1 \
         --sections depth --out benchmarks/results/speed_vs_marigold_default.md     # the shipped model, depth only
+    python benchmarks/bench_speed_vs_marigold.py --model src/rgbd_portrait/weights/default --sections precision \
+        --out benchmarks/results/precision_default.md          # float32 against bfloat16, ours and Marigold
 
 Run from the repository root. Speed does not depend on the weights, so by default both models have random
 weights (the architecture of --config; or --model, a trained folder). Marigold's pipeline is built offline by
@@ -46,6 +48,49 @@ def load_model(args: argparse.Namespace) -> RGBDPortraitModel:
     return RGBDPortraitModel.from_config(section, source=args.config).eval()
 
 
+def precision_section(args: argparse.Namespace, device: torch.device, image: torch.Tensor, *, repeats: int) -> list:
+    """Our pipeline and its Marigold peer with the same weights in float32 and in bfloat16, all calls in turns."""
+    calls = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = load_model(args).to(device, dtype)
+        pipeline = RGBDPortraitPipeline(model)
+        pipeline.set_progress_bar_config(disable=True)
+        settings = model.settings
+        ours, marigold = depth_calls(
+            pipeline,
+            build_marigold_peer(model),
+            image,
+            ours=(settings.depth_steps, settings.ensemble_size),
+            marigold=(settings.depth_steps, 1),
+        )
+        name = str(dtype).removeprefix("torch.")
+        calls[f"image→depth, ours {settings.depth_steps} × {settings.ensemble_size}", name] = ours
+        calls[f"image→depth, Marigold {settings.depth_steps} × 1", name] = marigold
+        calls[f"joint generation, {settings.default_steps} steps", name] = lambda pipeline=pipeline: pipeline.generate(
+            image, center_on_face=False, output_type="pt", generator=torch.Generator().manual_seed(0)
+        )
+    seconds = interleaved_median_seconds(calls, device=device, repeats=repeats)
+    rows = {}
+    for (task, name), value in seconds.items():
+        rows.setdefault(task, {})[f"{name} s"] = value
+    for row in rows.values():
+        row["float32 / bfloat16"] = row["float32 s"] / row["bfloat16 s"]
+    ours_task, marigold_task = list(rows)[:2]
+    return [
+        "## Precision: float32 against bfloat16",
+        "",
+        "The same weights in both dtypes; each call timed in turns with the others. The accuracy of bfloat16 is "
+        "measured separately (`rgbd-portrait eval --dtype bfloat16`, docs/inference.md).",
+        "",
+        format_markdown_table(rows, row_heading="call", digits=3),
+        "",
+        f"Ours in bfloat16 against Marigold in float32: "
+        f"{rows[ours_task]['bfloat16 s'] / rows[marigold_task]['float32 s']:.3f}× its time; in the same dtype: "
+        f"{rows[ours_task]['float32 s'] / rows[marigold_task]['float32 s']:.3f}× (float32), "
+        f"{rows[ours_task]['bfloat16 s'] / rows[marigold_task]['bfloat16 s']:.3f}× (bfloat16).",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/default.yaml", help="YAML with a model: section")
@@ -60,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sections",
         default="depth,generation,caching",
-        help="comma-separated tables to measure: depth (against Marigold), generation, caching",
+        help="comma-separated tables to measure: depth (against Marigold), generation, caching, precision "
+        "(float32 against bfloat16, whatever --dtype)",
     )
     parser.add_argument("--out", default="benchmarks/results/speed_vs_marigold.md")
     args = parser.parse_args(argv)
@@ -103,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     sections = {section.strip() for section in args.sections.split(",")}
-    unknown = sections - {"depth", "generation", "caching"}
+    unknown = sections - {"depth", "generation", "caching", "precision"}
     if unknown:
         parser.error(f"--sections: unknown {', '.join(sorted(unknown))}")
     source = f"trained model `{args.model}`" if args.model else f"`{args.config}` with random weights"
@@ -196,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
             format_markdown_table(caching_rows, row_heading="loop", digits=3),
         ]
+    if "precision" in sections:
+        lines += precision_section(args, device, image, repeats=args.repeats)
     report = "\n".join(lines)
     write_markdown(args.out, report)
     if depth_rows:

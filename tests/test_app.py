@@ -134,9 +134,10 @@ def test_depth_shows_the_portrait_its_depth_normals_uncertainty_and_mesh_with_do
     assert Image.open(files["depth.png"]).mode.startswith("I")
     assert len(trimesh.load(mesh, force="mesh").vertices) == SIDE * SIDE
     assert os.path.getsize(files["point_cloud.ply"]) > 0
-    # The same result as the CLI with the same model and seed, written inside the app's folder.
+    # The same result as the CLI with the same model, dtype (the app's pipeline is float32) and seed, written
+    # inside the app's folder.
     argv = ["depth", str(inputs / "portrait.png"), "--ensemble", "2", "--steps", "1", "--out", str(tmp_path / "cli")]
-    assert main([*argv, "--model", str(model_dir)]) == 0
+    assert main([*argv, "--model", str(model_dir), "--dtype", "float32"]) == 0
     np.testing.assert_array_equal(depth, np.load(tmp_path / "cli" / "portrait" / "depth.npy"))
     assert any((app.folder / "gradio" / "results").glob("depth-*/portrait/depth.npy"))
 

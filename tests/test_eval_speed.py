@@ -55,6 +55,7 @@ def test_speed_benchmark_runs_at_toy_size(tmp_path, monkeypatch):
     out = tmp_path / "speed.md"
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     argv = ["--config", str(config), "--steps", "1", "--repeats", "1", "--threads", "1", "--out", str(out)]
+    argv += ["--sections", "depth,generation,caching,precision"]
     monkeypatch.setattr(sys, "argv", ["bench_speed_vs_marigold.py", *argv])
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(BENCHMARKS / "bench_speed_vs_marigold.py"), run_name="__main__")
@@ -62,4 +63,5 @@ def test_speed_benchmark_runs_at_toy_size(tmp_path, monkeypatch):
     report = out.read_text()
     assert "| 1 steps, 1 prediction |" in report and "ours / Marigold" in report
     assert "every step / cached" in report and "two passes" in report
+    assert "| float32 s | bfloat16 s | float32 / bfloat16 |" in report and "Ours in bfloat16 against" in report
     assert out.with_suffix(".png").stat().st_size > 0

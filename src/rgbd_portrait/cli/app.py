@@ -13,7 +13,7 @@ from rgbd_portrait.app.server import (
     require_gradio,
     serve,
 )
-from rgbd_portrait.cli.common import DEVICES, DTYPES, pipeline_loader
+from rgbd_portrait.cli.common import DEVICES, DTYPE_HELP, DTYPES, pipeline_loader
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group = parser.add_argument_group("model and device")
     group.add_argument("--model", help="model folder (default: the model shipped with the package)")
     group.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda, else mps, else cpu")
-    group.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and activations (default float32)")
+    group.add_argument("--dtype", choices=DTYPES, default="auto", help=DTYPE_HELP)
     server = parser.add_argument_group("server")
     server.add_argument(
         "--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}; 0.0.0.0 = every network)"

@@ -11,14 +11,15 @@ from rgbd_portrait.pipelines.export_names import EXPORTS, MESH_FORMATS
 from rgbd_portrait.weights import default_model_dir
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DTYPE_HELP = "weights and activations; auto: bfloat16 on a CPU with native bfloat16, else float32 (default auto)"
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and device")
     group.add_argument("--model", help="model folder (default: the model shipped with the package)")
     group.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda, else mps, else cpu")
-    group.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and activations (default float32)")
+    group.add_argument("--dtype", choices=DTYPES, default="auto", help=DTYPE_HELP)
     group.add_argument(
         "--cpu-offload", action="store_true", help="keep the model on the CPU and move each part to the GPU as it runs"
     )
@@ -86,18 +87,15 @@ def resolve_model_dir(model: str | None) -> Path:
 
 def pipeline_loader(args: argparse.Namespace):
     """Check the model and device options now; return a function that loads the pipeline when called."""
-    import torch
 
     model_dir = resolve_model_dir(args.model)
     if not model_dir.is_dir():
         raise UserInputError(f"{model_dir}: model folder not found")
     # Imported here: parsing the command line stays free of torch.
-    from rgbd_portrait.devices import resolve_device
+    from rgbd_portrait.devices import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
-    dtype = getattr(torch, args.dtype)
-    if dtype == torch.float16 and device.type == "cpu":
-        raise UserInputError("--dtype float16: not supported on the CPU; use bfloat16 or float32")
+    dtype = resolve_dtype(args.dtype, device)
     if args.cpu_offload and device.type == "cpu":
         raise UserInputError("--cpu-offload: needs a GPU device (--device cuda or mps)")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rgbd_portrait.cli.common import DEVICES, pipeline_loader, resolve_model_dir
+from rgbd_portrait.cli.common import DEVICES, DTYPE_HELP, DTYPES, pipeline_loader, resolve_model_dir
 
 DEFAULT_OUT = "rgbd-portrait-demo"
 
@@ -24,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder, new or empty (default ./{DEFAULT_OUT})")
     parser.add_argument("--overwrite", action="store_true", help="replace the folder of an earlier demo")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda, else mps, else cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help=DTYPE_HELP)
     parser.add_argument("--seed", type=int, default=0, help="random seed; runs are reproducible (default 0)")
     parser.add_argument("--steps", type=int, help="denoising steps of every task (default: the model's)")
     parser.add_argument("--identities", type=int, help="synthetic test heads to show (default 2)")
@@ -33,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     # What `pipeline_loader` reads besides the options above: the demo runs the model as it is stored.
-    parser.set_defaults(func=run, dtype="float32", cpu_offload=False, vae_slicing=False)
+    parser.set_defaults(func=run, cpu_offload=False, vae_slicing=False)
 
 
 def run(args: argparse.Namespace) -> int:

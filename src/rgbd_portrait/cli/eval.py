@@ -62,7 +62,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group = parser.add_argument_group("model and device")
     group.add_argument("--model", help="model folder (default: the model shipped with the package)")
     group.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda, else mps, else cpu")
-    group.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and activations (default float32)")
+    group.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="weights and activations (default float32, so that results compare across machines; auto as in the "
+        "inference commands)",
+    )
     group.add_argument("--seed", type=int, default=0, help="random seed; runs are reproducible (default 0)")
     group.add_argument("--steps", type=int, help="depth→image and generation steps (default: from the model)")
     group.add_argument("--depth-steps", type=int, help="image→depth steps (default: from the model)")

@@ -37,6 +37,7 @@ ABOUT_OTHER = (
 )
 MACHINE_LABELS = {
     "device": "device",
+    "dtype": "weights and activations",
     "torch_threads": "torch threads",
     "cpu_count": "CPU cores",
     "platform": "platform",

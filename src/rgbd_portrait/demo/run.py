@@ -77,9 +77,10 @@ def describe_model(model: RGBDPortraitModel, *, model_dir: str | os.PathLike | N
     }
 
 
-def describe_machine(device: torch.device) -> dict[str, Any]:
+def describe_machine(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     return {
         "device": describe_device(device),
+        "dtype": str(dtype).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
@@ -386,7 +387,7 @@ def run_demo(
 
         record = {
             "model": describe_model(loaded.model, model_dir=model_dir),
-            "machine": describe_machine(loaded.device),
+            "machine": describe_machine(loaded.device, loaded.dtype),
             "seed": seed,
             "relight_presets": list(relight_presets),
             "portraits": [portrait.record() for portrait in portraits],
