@@ -7,6 +7,9 @@ import numpy as np
 from rgbd_portrait.data.sample_format import SEQUENCE_FPS, PortraitSample, write_sample, write_sequence
 from rgbd_portrait.data.synth.speech import synthesize_speech
 
+# What a prepared video's frames carry (for 16-px frames): face-mesh pseudo-depth, observed inside the landmarks.
+PSEUDO_DEPTH_META = {"depth_source": "pseudo", "face_landmarks": [[4, 4, 0], [11, 4, 0], [11, 11, 0], [4, 11, 0]]}
+
 
 def fake_frame(rng: np.random.Generator, size: int, *, opening: float, meta: dict) -> PortraitSample:
     """A disc-shaped 'head' whose lower part recedes with `opening` (a crude mouth), on a far background."""
@@ -28,16 +31,18 @@ def write_fake_sequence(
     size: int = 16,
     seed: int = 0,
     missing: tuple[int, ...] = (),
+    frame_meta: dict | None = None,
 ) -> Path:
     """A sequence of `seconds` at 25 fps whose mouth follows the speech's loudness; `missing` frames are left out,
-    as `rgbd-portrait prepare` leaves out frames without a face."""
+    as `rgbd-portrait prepare` leaves out frames without a face; `frame_meta` is added to every frame's meta (e.g.
+    a prepared video's `depth_source` and `face_landmarks`)."""
     rng = np.random.default_rng(seed)
     speech = synthesize_speech(rng, seconds=seconds, pitch_hz=120.0)
     count = int(seconds * SEQUENCE_FPS)
     loudness = speech.frame_envelope(SEQUENCE_FPS, count)
     base = {"identity": identity, "split": split}
     frames = [
-        fake_frame(rng, size, opening=float(loudness[index]), meta={**base, "frame_index": index})
+        fake_frame(rng, size, opening=float(loudness[index]), meta={**base, **(frame_meta or {}), "frame_index": index})
         for index in range(count)
     ]
     write_sequence(folder, frames, meta=base, audio=speech.audio, sample_rate=speech.sample_rate)

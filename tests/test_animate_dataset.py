@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from animate_support import write_fake_sequence
+from animate_support import PSEUDO_DEPTH_META, write_fake_sequence
 from rgbd_portrait.data.audio import LogMelFeatures, audio_windows
 from rgbd_portrait.data.sample_format import read_sequence_audio
 from rgbd_portrait.data.sequence_dataset import TalkingClipDataset, TalkingClipMixture, find_sequences
@@ -19,7 +19,8 @@ def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("sequences")
     write_fake_sequence(root / "sequences" / "train" / "a_talk000", identity="a", split="train", seconds=0.4, seed=1)
     # A prepared video missing frame 5 (no face found there).
-    write_fake_sequence(root / "videos" / "b", identity="b", split="train", seconds=0.4, seed=2, missing=(5,))
+    video, pseudo = root / "videos" / "b", PSEUDO_DEPTH_META
+    write_fake_sequence(video, identity="b", split="train", seconds=0.4, seed=2, missing=(5,), frame_meta=pseudo)
     write_fake_sequence(root / "sequences" / "val" / "c_talk001", identity="c", split="val", seconds=0.2, seed=3)
     return root
 
@@ -46,6 +47,14 @@ def test_clips_are_runs_of_consecutive_frames_with_their_audio(root):
     matches = [index for index, frame in enumerate(frames) if torch.equal(frame, item["reference_rgb"])]
     assert matches and not 2 <= matches[0] < 2 + CLIP
     assert torch.equal(clips.get(2, epoch=3)["reference_rgb"], clips.get(2, epoch=3)["reference_rgb"])
+
+    # Synthetic frames have exact depth, observed everywhere; the prepared video's is pseudo-depth, observed on
+    # the face only.
+    assert torch.equal(item["pseudo_depth"], torch.zeros(CLIP)) and (item["depth_observed"] == 1).all()
+    video = clips[7]
+    assert torch.equal(video["pseudo_depth"], torch.ones(CLIP)) and video["depth_observed"].shape == (CLIP, 1, 16, 16)
+    observed = video["depth_observed"][0, 0]
+    assert observed[7, 7] == 1 and observed[1, 1] == 0 and observed[14, 8] == 0
 
     batch = next(iter(DataLoader(clips, batch_size=2)))
     assert batch["rgb"].shape == (2, CLIP, 3, 16, 16) and batch["audio"].shape == (2, CLIP, 3, 8)

@@ -8,7 +8,7 @@ from diffusers import DDPMScheduler
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from animate_support import write_fake_sequence, write_fake_still
+from animate_support import PSEUDO_DEPTH_META, write_fake_sequence, write_fake_still
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models import RGBDPortraitModel
 from rgbd_portrait.models.testing import tiny_model_section
@@ -91,11 +91,13 @@ def test_motion_sources_mix_real_videos_in_by_weight(tmp_path, start_model):
     write_fake_sequence(synthetic / "train" / "a", identity="a", split="train", seconds=0.32, seed=1)
     write_fake_sequence(synthetic / "val" / "b", identity="b", split="val", seconds=0.2, seed=2)
     # Prepared videos: training clips only (held-out speakers live elsewhere), one frame without a face.
-    write_fake_sequence(real / "s1__x", identity="s1", split="train", seconds=0.4, seed=3, missing=(5,))
-    write_fake_sequence(real / "s1__y", identity="s1", split="train", seconds=0.2, seed=4)
+    real_x, real_y, pseudo = real / "s1__x", real / "s1__y", PSEUDO_DEPTH_META
+    write_fake_sequence(real_x, identity="s1", split="train", seconds=0.4, seed=3, missing=(5,), frame_meta=pseudo)
+    write_fake_sequence(real_y, identity="s1", split="train", seconds=0.2, seed=4, frame_meta=pseudo)
     output = tmp_path / "run"
     path = _config(tmp_path / "config.yaml", data_root=synthetic, start_model=start_model, output_dir=output)
     overrides = [f"train.motion.sources=[{{root: {real}, weight: 3.0}}]", "train.motion.data_root_weight=1.0"]
+    overrides += ["train.motion.pseudo_depth_weight=0.5", "train.motion.extrapolated_depth_weight=0.35"]
     config = load_config(path, overrides)
 
     recipe = MotionRecipe(RGBDPortraitModel.from_pretrained(start_model), config.train.motion)
@@ -117,6 +119,8 @@ def test_motion_sources_mix_real_videos_in_by_weight(tmp_path, start_model):
         train(missing, show_progress=False)
     with pytest.raises(UserInputError, match="must be positive"):
         load_config(path, [f"train.motion.sources=[{{root: {real}, weight: 0}}]"])
+    with pytest.raises(UserInputError, match="train.motion.pseudo_depth_weight must be >= 0"):
+        load_config(path, ["train.motion.pseudo_depth_weight=-1"])
 
 
 def test_clip_inputs_share_a_timestep_per_clip_and_give_motion_frames():
@@ -134,6 +138,24 @@ def test_clip_inputs_share_a_timestep_per_clip_and_give_motion_frames():
     weights = inputs.loss_weights.view(64, 5, -1)
     assert (weights[given] == 0).all() and (weights[~given] == 1).all()
     assert torch.equal(inputs.known, clean.flatten(0, 1))
+
+
+def test_depth_weight_scales_the_depth_channels_of_the_generated_frames_only():
+    scheduler = DDPMScheduler(prediction_type="v_prediction")
+    stage = dataclasses.replace(MotionStageConfig(), clip_frames=3, motion_frames=1, motion_frames_dropout=0.0)
+    clean = torch.randn(2, 3, 8, 4, 4)
+    foreground = torch.ones(2, 3, 1, 4, 4)
+    depth_weight = torch.ones(2, 3, 1, 4, 4)
+    depth_weight[1] = 0.25  # the second clip has pseudo-depth
+    depth_weight[1, :, :, 0, 0] = 0.1  # extrapolated there
+    inputs = make_clip_inputs(
+        clean, foreground, scheduler=scheduler, stage=stage, generator=torch.Generator(), depth_weight=depth_weight
+    )
+    weights = inputs.loss_weights.view(2, 3, 8, 4, 4)
+    assert (weights[:, 0] == 0).all()  # the motion frame is given
+    assert (weights[:, 1:, :4] == 1).all() and (weights[0, 1:, 4:] == 1).all()  # RGB, and exact depth, plain
+    assert torch.allclose(weights[1, 1:, 4:, 0, 0], torch.tensor(0.1))
+    assert torch.allclose(weights[1, 1:, 4:].flatten(2)[..., 1:], torch.tensor(0.25))
 
 
 def test_dynamic_loss_weight_favours_the_cells_that_change():

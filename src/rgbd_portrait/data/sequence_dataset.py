@@ -10,6 +10,8 @@ Items (default collation works on them; F = clip_frames, W = 2·audio_radius + 1
     rgb            (F, 3, H, W) float in [-1, 1]
     depth          (F, 1, H, W) float in [-1, 1], background +1
     mask           (F, 1, H, W) float, 1 on the person
+    pseudo_depth   (F,) float, 1 for frames whose depth is pseudo-depth (prepared videos: face-mesh depth)
+    depth_observed (F, 1, H, W) float, 1 where that depth was observed rather than extrapolated
     audio          (F, W, D) each frame's audio features with its ± audio_radius neighbours
     reference_rgb  (3, H, W) another frame of the same sequence, outside the clip when there is one
     frame_index    (F,) int64 the frames' indices in their sequence
@@ -162,6 +164,8 @@ class TalkingClipDataset(Dataset):
             "rgb": torch.stack([item["rgb"] for item in items]),
             "depth": torch.stack([item["depth"] for item in items]),
             "mask": torch.stack([item["mask"] for item in items]),
+            "pseudo_depth": torch.stack([item["pseudo_depth"] for item in items]),
+            "depth_observed": torch.stack([item["depth_observed"] for item in items]),
             "audio": torch.from_numpy(windows),
             "reference_rgb": reference["rgb"],
             "frame_index": torch.tensor(frame_numbers, dtype=torch.int64),

@@ -195,6 +195,10 @@ class MotionStageConfig(StageConfig):
     # Extra loss weight on the latent cells that change within a clip (the mouth, blinks, the moving outline):
     # on average `dynamic_loss_weight` more, in proportion to each cell's change (0 = off; `make_clip_inputs`).
     dynamic_loss_weight: float = 0.0
+    # Depth loss of frames with pseudo-depth (prepared real videos), and of its extrapolated part, as in the
+    # joint stage (`JointStageConfig.pseudo_depth_weight`).
+    pseudo_depth_weight: float = 1.0
+    extrapolated_depth_weight: float = 1.0
     # Train the backbone, reference net and context too (by default only the motion layers train).
     train_image_layers: bool = False
     validation_inference_steps: int | None = None
@@ -434,7 +438,7 @@ def _check_motion_stage(motion: MotionStageConfig, source: str) -> None:
     for name in ("motion_frames_dropout", "reference_dropout", "audio_dropout", "condition_dropout"):
         value = getattr(motion, name)
         _require(0.0 <= value <= 1.0, source, f"train.motion.{name} must be in [0, 1], got {value}")
-    for name in ("background_loss_weight", "dynamic_loss_weight"):
+    for name in ("background_loss_weight", "dynamic_loss_weight", "pseudo_depth_weight", "extrapolated_depth_weight"):
         value = getattr(motion, name)
         _require(value >= 0, source, f"train.motion.{name} must be >= 0, got {value}")
     _require(

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from rgbd_portrait.models.layout import Task, expand_masks, task_masks
-from rgbd_portrait.training.config import JointStageConfig, TaskProbabilities
+from rgbd_portrait.training.config import JointStageConfig, MotionStageConfig, TaskProbabilities
 
 
 def latent_foreground(mask: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
@@ -71,9 +71,12 @@ class DiffusionInputs:
     tasks: list[Task]
 
 
-def depth_trust(pseudo_depth: torch.Tensor, depth_observed: torch.Tensor, stage: JointStageConfig) -> torch.Tensor:
+def depth_trust(
+    pseudo_depth: torch.Tensor, depth_observed: torch.Tensor, stage: JointStageConfig | MotionStageConfig
+) -> torch.Tensor:
     """Depth loss weight per latent cell (B, 1, h, w) from the batch's `pseudo_depth` (B,) flags and the
-    observed share of each cell `depth_observed` (B, 1, h, w); 1 for exact depth."""
+    observed share of each cell `depth_observed` (B, 1, h, w), with the stage's `pseudo_depth_weight` and
+    `extrapolated_depth_weight`; 1 for exact depth."""
     pseudo = pseudo_depth.to(depth_observed.dtype).view(-1, 1, 1, 1)
     extrapolated = 1.0 - depth_observed
     pseudo_weight = stage.pseudo_depth_weight * (depth_observed + stage.extrapolated_depth_weight * extrapolated)

@@ -18,7 +18,8 @@ For a batch of B clips of F frames the objective draws, from one seeded generato
 
 The loss is the joint stage's weighted MSE (ε, v or x0 target) over the generated frames, optionally weighted
 up where the clip changes (`dynamic_loss_weight`): the mouth covers a few latent cells of a mostly still head,
-so its share of a plain loss is small.
+so its share of a plain loss is small. The depth of frames with pseudo-depth (prepared real videos) is weighted
+as in the joint stage (`depth_trust`: `pseudo_depth_weight`, `extrapolated_depth_weight`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from rgbd_portrait.models.motion import MotionLayers
 from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
 from rgbd_portrait.pipelines.animate import sample_clip
 from rgbd_portrait.training.config import DataConfig, MotionStageConfig
-from rgbd_portrait.training.joint_objective import diffusion_target, latent_foreground, weighted_mse
+from rgbd_portrait.training.joint_objective import depth_trust, diffusion_target, latent_foreground, weighted_mse
 from rgbd_portrait.training.seeding import derive_seed, make_generator
 from rgbd_portrait.training.validation import VALIDATION_SEED, depth_panel, rgb_panel, write_grid
 
@@ -153,10 +154,12 @@ def make_clip_inputs(
     scheduler: SchedulerMixin,
     stage: MotionStageConfig,
     generator: torch.Generator,
+    depth_weight: torch.Tensor | None = None,
 ) -> ClipInputs:
     """Draw timesteps, noise, motion frames and condition dropout for clean latents (B, F, 2C, h, w).
 
-    `foreground` (B, F, 1, h, w) is `latent_foreground` of the frames' masks; `generator` lives on the device.
+    `foreground` (B, F, 1, h, w) is `latent_foreground` of the frames' masks; `generator` lives on the device;
+    `depth_weight` (B, F, 1, h, w), e.g. `depth_trust` of the frames, scales the depth channels' loss (None: 1).
     """
     clips, frames = clean.shape[:2]
     device = clean.device
@@ -180,6 +183,10 @@ def make_clip_inputs(
     if stage.dynamic_loss_weight:
         spatial = spatial * (1.0 + stage.dynamic_loss_weight * clip_change(clean).flatten(0, 1))
     loss_weights = (~given).to(flat.dtype).view(-1, 1, 1, 1) * spatial.expand_as(flat)
+    if depth_weight is not None:
+        depth_channels = flat.shape[1] // 2
+        modality_weights = torch.cat([torch.ones_like(depth_weight), depth_weight.to(flat.dtype)], dim=2)
+        loss_weights = loss_weights * modality_weights.flatten(0, 1).repeat_interleave(depth_channels, dim=1)
     return ClipInputs(
         noisy=scheduler.add_noise(flat, noise, timesteps),
         known=flat,
@@ -202,7 +209,7 @@ def clip_change(clean: torch.Tensor) -> torch.Tensor:
 class ClipSamples(Dataset):
     """Clips of a `TalkingClipDataset` or mixture by (index, epoch), tensors only (what a training step reads)."""
 
-    names = ("rgb", "depth", "mask", "audio", "reference_rgb")
+    names = ("rgb", "depth", "mask", "pseudo_depth", "depth_observed", "audio", "reference_rgb")
 
     def __init__(self, clips: TalkingClipDataset | TalkingClipMixture):
         self.clips = clips
@@ -285,18 +292,30 @@ class MotionRecipe:
         self.model.denoiser.enable_gradient_checkpointing()
 
     @torch.no_grad()
-    def _latents(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Clean latents (B, F, 2C, h, w), their foreground (B, F, 1, h, w) and the reference latents."""
+    def _latents(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Clean latents (B, F, 2C, h, w), their foreground (B, F, 1, h, w), the reference latents, and the
+        depth loss weight of each latent cell (B, F, 1, h, w)."""
         clips, frames = batch["rgb"].shape[:2]
         codec = self.model.codec
         clean = codec.encode_rgbd(batch["rgb"].flatten(0, 1), batch["depth"].flatten(0, 1))
-        foreground = latent_foreground(batch["mask"].flatten(0, 1), tuple(clean.shape[2:]))
+        latent_size = tuple(clean.shape[2:])
+        foreground = latent_foreground(batch["mask"].flatten(0, 1), latent_size)
+        observed = latent_foreground(batch["depth_observed"].flatten(0, 1), latent_size)
+        depth_weight = depth_trust(batch["pseudo_depth"].flatten(), observed, self.stage)
         unflatten = lambda tensor: tensor.unflatten(0, (clips, frames))
-        return unflatten(clean), unflatten(foreground), codec.encode_rgb(batch["reference_rgb"])
+        reference_latents = codec.encode_rgb(batch["reference_rgb"])
+        return unflatten(clean), unflatten(foreground), reference_latents, unflatten(depth_weight)
 
     def loss(self, module: nn.Module, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, Batch]:
-        clean, foreground, reference_latents = self._latents(batch)
-        inputs = make_clip_inputs(clean, foreground, scheduler=self.scheduler, stage=self.stage, generator=generator)
+        clean, foreground, reference_latents, depth_weight = self._latents(batch)
+        inputs = make_clip_inputs(
+            clean,
+            foreground,
+            scheduler=self.scheduler,
+            stage=self.stage,
+            generator=generator,
+            depth_weight=depth_weight,
+        )
         prediction = module(
             inputs.noisy,
             inputs.timesteps,
