@@ -65,3 +65,19 @@ def test_speed_benchmark_runs_at_toy_size(tmp_path, monkeypatch):
     assert "every step / cached" in report and "two passes" in report
     assert "| float32 s | bfloat16 s | float32 / bfloat16 |" in report and "Ours in bfloat16 against" in report
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_profile_runs_at_toy_size_and_sets_the_unprofiled_step_against_its_passes(tmp_path, monkeypatch):
+    config = tmp_path / "tiny.yaml"
+    OmegaConf.save({"model": tiny_model_section()}, config)
+    out = tmp_path / "profile.md"
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    argv = ["--config", str(config), "--width", "1", "--resolution", "16", "--calls", "1", "--steps", "1"]
+    argv += ["--timed-steps", "2", "--repeats", "1", "--threads", "1", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["profile_speed.py", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(BENCHMARKS / "profile_speed.py"), run_name="__main__")
+    assert exit_info.value.code == 0
+    report = out.read_text()
+    assert "| ours, 1 step(s) × 2 |" in report and "| step, unprofiled s |" in report
+    assert "| unprofiled step / necessary |" in report and "| step, profiled s |" in report
