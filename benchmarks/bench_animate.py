@@ -162,7 +162,9 @@ def build_model(args: argparse.Namespace) -> RGBDPortraitModel:
     return model.eval()
 
 
-def animate_sequence(pipeline: RGBDPortraitPipeline, sequence: Path, *, steps: int, folder: Path) -> dict:
+def animate_sequence(
+    pipeline: RGBDPortraitPipeline, sequence: Path, *, steps: int, folder: Path, start_from_reference: bool = False
+) -> dict:
     meta = read_meta(sequence)
     samples = [read_sample(frame, extras=False) for frame in sequence_frames(sequence)]
     depth, mask = true_depth_and_masks(samples)
@@ -171,7 +173,9 @@ def animate_sequence(pipeline: RGBDPortraitPipeline, sequence: Path, *, steps: i
     write_rgb_png(reference, samples[0].rgb)
     prepared = prepare_animation(pipeline, reference, sequence / meta["audio"], fps=meta["fps"])
     frames = min(prepared.frame_count, len(true_depth))
-    generated_rgb, generated = _generate_clip(pipeline, prepared, steps=steps)
+    generated_rgb, generated = _generate_clip(
+        pipeline, prepared, steps=steps, start_from_reference=start_from_reference
+    )
     generated, generated_rgb = generated[:frames], generated_rgb[:frames]
     true_depth = true_depth[:frames]
     region = mouth_region(true_depth, head, np.asarray(meta["jaw_open"][:frames]))
@@ -253,7 +257,14 @@ def training_step_seconds(model: RGBDPortraitModel, config_path: str, repeats: i
 
 
 def generate_clip(
-    pipeline: RGBDPortraitPipeline, reference: Path, audio: Path, *, fps: float, steps: int, cache: Path | None = None
+    pipeline: RGBDPortraitPipeline,
+    reference: Path,
+    audio: Path,
+    *,
+    fps: float,
+    steps: int,
+    start_from_reference: bool = False,
+    cache: Path | None = None,
 ):
     """Generated RGB (T, 3, S, S) and depth (T, S, S) in [0, 1] for a reference image and an audio file; with
     `cache`, kept in that .npz file and read from it by a later run (rerunning the measures costs no sampling)."""
@@ -261,7 +272,7 @@ def generate_clip(
         stored = np.load(cache)
         return torch.from_numpy(stored["rgb"]), stored["depth"]
     prepared = prepare_animation(pipeline, reference, audio, fps=fps, center_on_face=False)
-    rgb, depth = _generate_clip(pipeline, prepared, steps=steps)
+    rgb, depth = _generate_clip(pipeline, prepared, steps=steps, start_from_reference=start_from_reference)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache.with_suffix(".tmp.npz"), rgb=rgb.numpy(), depth=depth)
@@ -269,13 +280,14 @@ def generate_clip(
     return rgb, depth
 
 
-def _generate_clip(pipeline: RGBDPortraitPipeline, prepared, *, steps: int):
+def _generate_clip(pipeline: RGBDPortraitPipeline, prepared, *, steps: int, start_from_reference: bool = False):
     """Every frame of a prepared animation: rgb (T, 3, H, W) and depth (T, H, W), seeded."""
     chunks = list(
         iter_animation(
             pipeline,
             prepared,
             num_inference_steps=steps,
+            start_from_reference=start_from_reference,
             generator=torch.Generator().manual_seed(0),
             show_progress=False,
         )
@@ -354,13 +366,20 @@ def animate_real_clip(
     folder: Path,
     shuffled: bool,
     cache_folder: Path | None,
+    start_from_reference: bool = False,
 ) -> dict:
     """Every real-face measure of one clip (see the module docstring); `control` is the next clip."""
     reference = folder / f"{clip['name']}_reference.png"
     write_rgb_png(reference, clip["rgb"][0])
     cache = lambda audio_of: cache_folder / f"{clip['name']}_{audio_of}.npz" if cache_folder else None
     generated_rgb, generated_depth = generate_clip(
-        pipeline, reference, clip["audio"], fps=clip["fps"], steps=steps, cache=cache(clip["name"])
+        pipeline,
+        reference,
+        clip["audio"],
+        fps=clip["fps"],
+        steps=steps,
+        start_from_reference=start_from_reference,
+        cache=cache(clip["name"]),
     )
     frames = min(len(generated_rgb), len(clip["rgb"]))
     generated_rgb, generated_depth = generated_rgb[:frames], generated_depth[:frames]
@@ -389,7 +408,13 @@ def animate_real_clip(
     }
     if shuffled:
         shuffled_rgb, _ = generate_clip(
-            pipeline, reference, control["audio"], fps=clip["fps"], steps=steps, cache=cache(control["name"])
+            pipeline,
+            reference,
+            control["audio"],
+            fps=clip["fps"],
+            steps=steps,
+            start_from_reference=start_from_reference,
+            cache=cache(control["name"]),
         )
         shuffled_mouth = mouth_openings(shuffled_rgb[:frames].permute(0, 2, 3, 1).numpy(), finder)
         result["shuffled_generated"] = pearson(shuffled_mouth, true_mouth)
@@ -439,6 +464,7 @@ def run_real_benchmark(args: argparse.Namespace, argv: list[str] | None, work: P
                 folder=work,
                 shuffled=args.shuffled_generation,
                 cache_folder=Path(args.cache) / Path(root).name if args.cache else None,
+                start_from_reference=args.start_from_reference,
             )
             for number, clip in enumerate(clips)
         ]
@@ -493,7 +519,8 @@ def run_real_benchmark(args: argparse.Namespace, argv: list[str] | None, work: P
             "",
             f"Command: `python benchmarks/bench_animate.py {arguments}`  ",
             f"Model: {source}; {model.resolution} px, {args.quality_steps} denoising steps, guidance 2, windows of "
-            f"{model.motion.config.window_frames} frames with {model.motion.config.motion_frames} motion frames.  ",
+            f"{model.motion.config.window_frames} frames with {model.motion.config.motion_frames} motion frames"
+            f"{', starting from the reference as a known frame' if args.start_from_reference else ''}.  ",
             f"Machine: {platform.processor() or platform.machine()}, {args.threads} torch threads, torch "
             f"{torch.__version__}, CPU; load average {load_before:.1f} at the start and {load_after:.1f} at the end.",
             "",
@@ -529,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="real clips per folder (default all)")
     parser.add_argument("--frames", type=int, help="animate only the first FRAMES frames of each real clip")
     parser.add_argument("--cache", help="keep the real clips' generated frames here, and reuse them (same settings!)")
+    parser.add_argument(
+        "--start-from-reference", action="store_true", help="start each video from its reference as a known frame"
+    )
     parser.add_argument(
         "--shuffled-generation", action="store_true", help="also animate each clip with the next clip's audio"
     )
@@ -574,7 +604,10 @@ def run_benchmark(args: argparse.Namespace, argv: list[str] | None, work: Path) 
             show_progress=False,
         )
     quality = [
-        animate_sequence(pipeline, sequence, steps=args.quality_steps, folder=work) for sequence in find_sequences(data)
+        animate_sequence(
+            pipeline, sequence, steps=args.quality_steps, folder=work, start_from_reference=args.start_from_reference
+        )
+        for sequence in find_sequences(data)
     ]
     sheet = write_grid(mouth_sheet_path(args.out), [row for item in quality for row in item.pop("sheet_rows")])
 

@@ -120,6 +120,42 @@ def test_animation_is_reproducible(files, pipeline):
     assert torch.equal(first.rgb, second.rgb) and torch.equal(first.depth, second.depth)
 
 
+def test_starting_from_the_reference_gives_it_as_the_first_windows_known_frame(files, pipeline):
+    model = pipeline.model
+    backbone_inputs = []
+    hook = model.backbone.register_forward_pre_hook(lambda module, args: backbone_inputs.append(args[0].detach()))
+    options = dict(seconds=0.32, guidance_scale=1.0, num_inference_steps=1, output_type="pt")
+    try:
+        anchored = _quietly(
+            animate,
+            pipeline,
+            files / "portrait.png",
+            files / "speech.wav",
+            start_from_reference=True,
+            generator=torch.Generator().manual_seed(0),
+            **options,
+        )
+    finally:
+        hook.remove()
+    generator = torch.Generator().manual_seed(0)
+    plain = _quietly(animate, pipeline, files / "portrait.png", files / "speech.wav", generator=generator, **options)
+    # 8 frames, as without: image→depth of the reference (its steps), then 5 new frames after it, then 3.
+    assert anchored.rgb.shape == plain.rgb.shape == (8, 3, SIDE, SIDE)
+    depth_steps = model.settings.depth_steps
+    assert len(backbone_inputs) == depth_steps + 2 and backbone_inputs[0].shape[0] == 1
+    first_window = backbone_inputs[depth_steps]
+    channels = model.latent_channels
+    assert first_window.shape[0] == WINDOW
+    masks = first_window[:, -2:].amax(dim=(2, 3))
+    assert masks[0].eq(1).all() and not masks[1:].any()
+    reference = pipeline._fit_images(
+        pipeline._read_image_with_masks(files / "portrait.png", None)[0], SIDE, fit=None, center_on_face=True
+    )[1]
+    known_rgb = first_window[0, 2 * channels : 3 * channels]
+    assert torch.allclose(known_rgb, pipeline._encode_rgb(reference)[0], atol=1e-5)
+    assert not torch.equal(anchored.rgb, plain.rgb)
+
+
 def _video_info(path):
     frames = imageio_ffmpeg.read_frames(str(path))
     meta = next(frames)

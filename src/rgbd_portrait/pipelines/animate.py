@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from rgbd_portrait.data.audio import AudioTrack, audio_windows, load_audio, make_audio_features
 from rgbd_portrait.data.image_io import to_uint8_rgb
 from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.models.layout import join_modalities, split_modalities
 from rgbd_portrait.models.motion import MotionLayers
 from rgbd_portrait.models.reference import ReferenceFeatures
 from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
@@ -228,6 +229,29 @@ def sample_clip(
         )
 
 
+def reference_frame_latents(
+    pipeline: RGBDPortraitPipeline, pixels: torch.Tensor, *, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, ReferenceFeatures]:
+    """The reference (3, S, S) in [0, 1] as a clip's known frame: its RGB latents joined with the depth latents
+    that image→depth predicts for it (1, 2C, h, w), and its reference features (from the same RGB latents)."""
+    model = pipeline.model
+    rgb_latents = pipeline._encode_rgb(pixels[None])
+    reference = pipeline._encode_reference(pixels[None], latents=rgb_latents)
+    result = pipeline._sample(
+        reference=reference,
+        repeats=1,
+        known_rgb_latents=rgb_latents,
+        known_rgb_weight=torch.ones_like(pixels[None, :1]),
+        conditioning="channels",
+        num_inference_steps=model.settings.depth_steps,
+        guidance_scale=1.0,
+        generator=generator,
+        latents=None,
+    )
+    _, depth_latents = split_modalities(result)
+    return join_modalities(rgb_latents, depth_latents), reference
+
+
 @torch.no_grad()
 def iter_animation(
     pipeline: RGBDPortraitPipeline,
@@ -237,10 +261,16 @@ def iter_animation(
     motion_frames: int | None = None,
     num_inference_steps: int | None = None,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    start_from_reference: bool = False,
     generator: torch.Generator | None = None,
     show_progress: bool = True,
 ) -> Iterator[AnimationChunk]:
-    """The frames of `prepared`, window by window (see the module docstring), with a progress bar by frame."""
+    """The frames of `prepared`, window by window (see the module docstring), with a progress bar by frame.
+
+    `start_from_reference`: the first window starts from the reference itself, given as its known motion frame
+    (its latents and predicted depth, `reference_frame_latents`), so the video continues the photo; without it,
+    the first window generates every frame from the reference features alone. Needs motion frames.
+    """
     model, motion = pipeline.model, _motion_layers(pipeline)
     steps = num_inference_steps or model.default_steps
     pipeline.check_inputs(
@@ -253,9 +283,13 @@ def iter_animation(
     if pipeline._offload_device is not None:
         # The motion layers are small and run inside the backbone's calls: they stay on the compute device.
         motion.to(pipeline._offload_device)
-    reference = pipeline._encode_reference(prepared.reference[None])  # the only reference-net run of the call
+    # The only reference-net run of the call.
+    previous: torch.Tensor | None = None  # clean latents of the last frames generated (or of the reference)
+    if start_from_reference and motion_frames:
+        previous, reference = reference_frame_latents(pipeline, prepared.reference, generator=generator)
+    else:
+        reference = pipeline._encode_reference(prepared.reference[None])
     total = prepared.frame_count
-    previous: torch.Tensor | None = None  # clean latents of the last frames generated
     progress = tqdm(total=total, desc="animating", unit="frame", disable=not show_progress, **_outer_bar(pipeline))
     first = 0
     try:
@@ -300,6 +334,7 @@ def animate(
     motion_frames: int | None = None,
     num_inference_steps: int | None = None,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    start_from_reference: bool = False,
     resolution: int | None = None,
     fit: str | None = None,
     center_on_face: bool = True,
@@ -330,6 +365,7 @@ def animate(
             motion_frames=motion_frames,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
+            start_from_reference=start_from_reference,
             generator=generator,
             show_progress=not pipeline._progress_bar_config.get("disable", False),
         )
