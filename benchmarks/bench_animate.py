@@ -96,6 +96,7 @@ SHEET_FRAMES = 3  # quietest and loudest frames shown per sequence
 BENCHMARK_SEED = 12345  # identities of another seed than the training data's (0)
 SCALING_SECONDS = (1.0, 2.0, 4.0, 8.0)
 REAL_SHEET_FRAMES = 2  # most closed and most open true mouths shown per real clip
+FIRST_WINDOW_GENERATED = "the first window generated from the reference features alone (--no-start-from-reference)"
 
 
 def correlation(first: np.ndarray, second: np.ndarray) -> float:
@@ -163,7 +164,7 @@ def build_model(args: argparse.Namespace) -> RGBDPortraitModel:
 
 
 def animate_sequence(
-    pipeline: RGBDPortraitPipeline, sequence: Path, *, steps: int, folder: Path, start_from_reference: bool = False
+    pipeline: RGBDPortraitPipeline, sequence: Path, *, steps: int, folder: Path, start_from_reference: bool = True
 ) -> dict:
     meta = read_meta(sequence)
     samples = [read_sample(frame, extras=False) for frame in sequence_frames(sequence)]
@@ -263,7 +264,7 @@ def generate_clip(
     *,
     fps: float,
     steps: int,
-    start_from_reference: bool = False,
+    start_from_reference: bool = True,
     cache: Path | None = None,
 ):
     """Generated RGB (T, 3, S, S) and depth (T, S, S) in [0, 1] for a reference image and an audio file; with
@@ -280,7 +281,7 @@ def generate_clip(
     return rgb, depth
 
 
-def _generate_clip(pipeline: RGBDPortraitPipeline, prepared, *, steps: int, start_from_reference: bool = False):
+def _generate_clip(pipeline: RGBDPortraitPipeline, prepared, *, steps: int, start_from_reference: bool = True):
     """Every frame of a prepared animation: rgb (T, 3, H, W) and depth (T, H, W), seeded."""
     chunks = list(
         iter_animation(
@@ -366,7 +367,7 @@ def animate_real_clip(
     folder: Path,
     shuffled: bool,
     cache_folder: Path | None,
-    start_from_reference: bool = False,
+    start_from_reference: bool = True,
 ) -> dict:
     """Every real-face measure of one clip (see the module docstring); `control` is the next clip."""
     reference = folder / f"{clip['name']}_reference.png"
@@ -427,7 +428,7 @@ def animate_real_clip(
             (clip["name"] if n == 0 else f"{'closed' if n < REAL_SHEET_FRAMES else 'open'} {index}", clip["rgb"][index])
             for n, index in enumerate(shown)
         ]
-        + [(f"generated {index}", generated_images[index]) for index in shown]
+        + [(f"gen {index}", generated_images[index]) for index in shown]
     ]
     result["video_panels"] = [
         to_uint8(clip["rgb"][:frames]),
@@ -520,7 +521,7 @@ def run_real_benchmark(args: argparse.Namespace, argv: list[str] | None, work: P
             f"Command: `python benchmarks/bench_animate.py {arguments}`  ",
             f"Model: {source}; {model.resolution} px, {args.quality_steps} denoising steps, guidance 2, windows of "
             f"{model.motion.config.window_frames} frames with {model.motion.config.motion_frames} motion frames"
-            f"{', starting from the reference as a known frame' if args.start_from_reference else ''}.  ",
+            f"; {'the reference is the first known frame' if args.start_from_reference else FIRST_WINDOW_GENERATED}.  ",
             f"Machine: {platform.processor() or platform.machine()}, {args.threads} torch threads, torch "
             f"{torch.__version__}, CPU; load average {load_before:.1f} at the start and {load_after:.1f} at the end.",
             "",
@@ -533,9 +534,9 @@ def run_real_benchmark(args: argparse.Namespace, argv: list[str] | None, work: P
             "truth's. Drift: codec-latent distance to the reference over the reference latent's norm.",
             "",
             f"Mouth sheet: [`{sheet.name}`]({sheet.name}) (per clip, named in its first caption: the 2 most closed "
-            f"and 2 most open true mouths "
-            f"after the first window, then the generated frames). Side-by-side videos (true | generated | depth, "
-            f"with the audio) and per-clip numbers: [`{media.name}/`]({media.name}/).",
+            "and 2 most open true mouths after the first window, then the generated frames, `gen`). Side-by-side "
+            "videos (true | generated | depth, with the audio) and per-clip numbers: "
+            f"[`{media.name}/`]({media.name}/).",
             "",
             *sections,
         ]
@@ -557,7 +558,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, help="animate only the first FRAMES frames of each real clip")
     parser.add_argument("--cache", help="keep the real clips' generated frames here, and reuse them (same settings!)")
     parser.add_argument(
-        "--start-from-reference", action="store_true", help="start each video from its reference as a known frame"
+        "--no-start-from-reference",
+        dest="start_from_reference",
+        action="store_false",
+        help="generate each video's first window from the reference's features alone (the animation's default "
+        "starts from the reference as a known frame)",
     )
     parser.add_argument(
         "--shuffled-generation", action="store_true", help="also animate each clip with the next clip's audio"

@@ -30,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--motion-frames", type=int, help="frames of the previous window that condition the next (default: the model's)"
     )
+    parser.add_argument(
+        "--no-start-from-reference",
+        dest="start_from_reference",
+        action="store_false",
+        help="generate the first window from the reference's features alone, instead of continuing the photo",
+    )
     parser.add_argument("--point-clouds", action="store_true", help="also write point_clouds/NNNNNN.ply per frame")
     parser.add_argument(
         "--audio-encoder", help="local speech-encoder folder, for a model trained on wav2vec2-like features"
@@ -59,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         window_frames=args.window,
         motion_frames=args.motion_frames,
+        start_from_reference=args.start_from_reference,
         audio_encoder=args.audio_encoder,
         **options,
     )

@@ -202,6 +202,7 @@ def run_animate(
     motion_frames: int | None = None,
     num_inference_steps: int | None = None,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    start_from_reference: bool = True,
     resolution: int | None = None,
     fit: str | None = None,
     center_on_face: bool = True,
@@ -235,6 +236,7 @@ def run_animate(
         "motion_frames": motion_frames,
         "num_inference_steps": num_inference_steps or pipeline.model.default_steps,
         "guidance_scale": guidance_scale,
+        "start_from_reference": start_from_reference,
     }
     record = {"task": "animate", "reference": str(reference), "audio": str(audio), "seed": seed, **options}
     writer = AnimationWriter(
