@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-start-from-reference",
         dest="start_from_reference",
         action="store_false",
-        help="generate the first window from the reference's features alone, instead of continuing the photo",
+        help="generate the first window from the reference's features alone, instead of following on from the photo",
     )
     parser.add_argument("--point-clouds", action="store_true", help="also write point_clouds/NNNNNN.ply per frame")
     parser.add_argument(

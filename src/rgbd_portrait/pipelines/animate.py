@@ -14,7 +14,7 @@ layers were trained on, stored in the model), one denoising loop per window
 the last `motion_frames` frames of the previous window as *motion frames*, known latents of both modalities in
 the channel layout (masks 1), which the temporal layers read, and generates the rest. By default the first
 window, too, starts from a known frame: the reference itself, with the depth image→depth predicts for it, so
-that the video continues the photo. Memory is that of one window whatever the audio's length, and time grows
+that the video follows on from the photo. Memory is that of one window whatever the audio's length, and time grows
 linearly with it.
 
 Every frame of a window reads the same reference features, computed once per call; each frame hears its own
@@ -270,7 +270,7 @@ def iter_animation(
     """The frames of `prepared`, window by window (see the module docstring), with a progress bar by frame.
 
     `start_from_reference` (default): the first window starts from the reference itself, given as its known
-    motion frame (its latents and predicted depth, `reference_frame_latents`), so the video continues the photo;
+    motion frame (its latents and predicted depth, `reference_frame_latents`), so the video follows on from it;
     with False, the first window generates every frame from the reference features alone. On real speakers it
     lowers the first frame's drift from the photo from 0.78–0.81 to 0.63–0.64 and the frame-to-frame depth change
     from 4.5–5.0× to 3.3–3.7× the truth's (docs/animate.md). Needs motion frames.
