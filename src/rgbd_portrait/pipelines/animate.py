@@ -14,8 +14,8 @@ layers were trained on, stored in the model), one denoising loop per window
 the last `motion_frames` frames of the previous window as *motion frames*, known latents of both modalities in
 the channel layout (masks 1), which the temporal layers read, and generates the rest. By default the first
 window, too, starts from a known frame: the reference itself, with the depth image→depth predicts for it, so
-that the video follows on from the photo. Memory is that of one window whatever the audio's length, and time grows
-linearly with it.
+that the video follows on from the photo. Memory is that of one window whatever the audio's length, and time
+grows linearly with it.
 
 Every frame of a window reads the same reference features, computed once per call; each frame hears its own
 audio window (`rgbd_portrait.data.audio`). Classifier-free guidance drops the reference and the audio together
@@ -287,8 +287,8 @@ def iter_animation(
     if pipeline._offload_device is not None:
         # The motion layers are small and run inside the backbone's calls: they stay on the compute device.
         motion.to(pipeline._offload_device)
-    # The only reference-net run of the call.
     previous: torch.Tensor | None = None  # clean latents of the last frames generated (or of the reference)
+    # Either branch runs the reference net once: the only run of the call.
     if start_from_reference and motion_frames:
         previous, reference = reference_frame_latents(pipeline, prepared.reference, generator=generator)
     else:
