@@ -372,16 +372,17 @@ def animate_real_clip(
     """Every real-face measure of one clip (see the module docstring); `control` is the next clip."""
     reference = folder / f"{clip['name']}_reference.png"
     write_rgb_png(reference, clip["rgb"][0])
-    cache = lambda audio_of: cache_folder / f"{clip['name']}_{audio_of}.npz" if cache_folder else None
-    generated_rgb, generated_depth = generate_clip(
+    # The reference speaking the audio of `speaker` (this clip, or the control), cached under both names.
+    speak = lambda speaker: generate_clip(
         pipeline,
         reference,
-        clip["audio"],
+        speaker["audio"],
         fps=clip["fps"],
         steps=steps,
         start_from_reference=start_from_reference,
-        cache=cache(clip["name"]),
+        cache=cache_folder / f"{clip['name']}_{speaker['name']}.npz" if cache_folder else None,
     )
+    generated_rgb, generated_depth = speak(clip)
     frames = min(len(generated_rgb), len(clip["rgb"]))
     generated_rgb, generated_depth = generated_rgb[:frames], generated_depth[:frames]
     generated_images = generated_rgb.permute(0, 2, 3, 1).numpy()
@@ -408,15 +409,7 @@ def animate_real_clip(
         "true_drift_last": float(true_drift[-1]),
     }
     if shuffled:
-        shuffled_rgb, _ = generate_clip(
-            pipeline,
-            reference,
-            control["audio"],
-            fps=clip["fps"],
-            steps=steps,
-            start_from_reference=start_from_reference,
-            cache=cache(control["name"]),
-        )
+        shuffled_rgb, _ = speak(control)
         shuffled_mouth = mouth_openings(shuffled_rgb[:frames].permute(0, 2, 3, 1).numpy(), finder)
         result["shuffled_generated"] = pearson(shuffled_mouth, true_mouth)
     # Mouth sheet: the most closed and most open true mouths after the first window.

@@ -49,17 +49,22 @@ def test_reference_every_step_gives_the_cached_result_with_one_reference_run_per
     assert measured["cached_seconds"] > 0 and measured["every_step_seconds"] > 0
 
 
-def test_speed_benchmark_runs_at_toy_size(tmp_path, monkeypatch):
+def _run_at_toy_size(script: str, argv: list[str], tmp_path: Path, monkeypatch) -> Path:
+    """Run a benchmark script on the tiny model's architecture; returns its report's path."""
     config = tmp_path / "tiny.yaml"
     OmegaConf.save({"model": tiny_model_section()}, config)
-    out = tmp_path / "speed.md"
+    out = tmp_path / "report.md"
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    argv = ["--config", str(config), "--steps", "1", "--repeats", "1", "--threads", "1", "--out", str(out)]
-    argv += ["--sections", "depth,generation,caching,precision"]
-    monkeypatch.setattr(sys, "argv", ["bench_speed_vs_marigold.py", *argv])
+    monkeypatch.setattr(sys, "argv", [script, "--config", str(config), "--threads", "1", "--out", str(out), *argv])
     with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(BENCHMARKS / "bench_speed_vs_marigold.py"), run_name="__main__")
+        runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
     assert exit_info.value.code == 0
+    return out
+
+
+def test_speed_benchmark_runs_at_toy_size(tmp_path, monkeypatch):
+    argv = ["--steps", "1", "--repeats", "1", "--sections", "depth,generation,caching,precision"]
+    out = _run_at_toy_size("bench_speed_vs_marigold.py", argv, tmp_path, monkeypatch)
     report = out.read_text()
     assert "| 1 steps, 1 prediction |" in report and "ours / Marigold" in report
     assert "every step / cached" in report and "two passes" in report
@@ -68,16 +73,7 @@ def test_speed_benchmark_runs_at_toy_size(tmp_path, monkeypatch):
 
 
 def test_profile_runs_at_toy_size_and_sets_the_unprofiled_step_against_its_passes(tmp_path, monkeypatch):
-    config = tmp_path / "tiny.yaml"
-    OmegaConf.save({"model": tiny_model_section()}, config)
-    out = tmp_path / "profile.md"
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    argv = ["--config", str(config), "--width", "1", "--resolution", "16", "--calls", "1", "--steps", "1"]
-    argv += ["--timed-steps", "2", "--repeats", "1", "--threads", "1", "--out", str(out)]
-    monkeypatch.setattr(sys, "argv", ["profile_speed.py", *argv])
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(BENCHMARKS / "profile_speed.py"), run_name="__main__")
-    assert exit_info.value.code == 0
-    report = out.read_text()
+    argv = ["--width", "1", "--resolution", "16", "--calls", "1", "--steps", "1", "--timed-steps", "2"]
+    report = _run_at_toy_size("profile_speed.py", [*argv, "--repeats", "1"], tmp_path, monkeypatch).read_text()
     assert "| ours, 1 step(s) × 2 |" in report and "| step, unprofiled s |" in report
     assert "| unprofiled step / necessary |" in report and "| step, profiled s |" in report
