@@ -25,8 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark_support import command_line, load_study_pipeline, machine_line, write_markdown
+from rgbd_portrait.data.rgbd_captures import find_captures, person_pixels, read_capture
 from rgbd_portrait.evaluation.baselines import radial_depth
-from rgbd_portrait.evaluation.kinect_depth import find_captures, person_pixels, read_capture
 from rgbd_portrait.evaluation.metrics import depth_metrics, rank_correlation
 from rgbd_portrait.evaluation.real_support import (
     FaceMeshLandmarks,

@@ -10,15 +10,12 @@ import torch
 from PIL import Image
 
 from rgbd_portrait.cli.main import main
+from rgbd_portrait.data.rgbd_captures import find_captures, person_pixels, read_capture
 from rgbd_portrait.data.sample_format import PortraitSample, write_sample
+from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.evaluation.baselines import radial_depth
-from rgbd_portrait.evaluation.kinect_depth import (
-    FACE_MESH,
-    evaluate_kinect_depth,
-    find_captures,
-    person_pixels,
-    read_capture,
-)
+from rgbd_portrait.evaluation.kinect_depth import FACE_MESH, evaluate_kinect_depth, format_kinect_depth
+from rgbd_portrait.evaluation.real_data import trained_people
 from rgbd_portrait.evaluation.real_faces import evaluate_real_faces
 from rgbd_portrait.evaluation.real_relighting import (
     LIGHT_PAIRS,
@@ -250,6 +247,34 @@ def test_kinect_depth_face_mesh_and_radial_rows_on_an_exact_cone(pipeline, rap3d
     assert (tmp_path / results["sheet"]).is_file()
 
 
+def test_people_trained_on_are_left_out(pipeline, rap3df_dir, tmp_path):
+    results = evaluate_kinect_depth(
+        pipeline,
+        rap3df_dir,
+        options=FAST,
+        out_dir=tmp_path,
+        find_landmarks=ExactFaceMesh(),
+        exclude_people={"P2", "someone else"},
+        show_progress=False,
+    )
+    assert results["captures"] == 2 and results["scored"] == 2 and results["people_left_out"] == 1
+    assert results["without_face"] == [] and "1 people trained on left out" in format_kinect_depth(results)
+    with pytest.raises(UserInputError, match="every person's captures are left out"):
+        evaluate_kinect_depth(
+            pipeline,
+            rap3df_dir,
+            options=FAST,
+            out_dir=tmp_path,
+            find_landmarks=ExactFaceMesh(),
+            exclude_people={"P1", "P2"},
+            show_progress=False,
+        )
+
+
+def test_trained_people_are_the_train_and_val_identities_of_a_prepared_set(real_faces_dir):
+    assert trained_people(real_faces_dir) == {f"trainee_{index}" for index in range(3)}
+
+
 def test_rap3df_folder_without_captures_is_a_one_line_error(tmp_path, model_dir, capsys):
     (tmp_path / "empty" / "someone").mkdir(parents=True)
     assert main(["eval", "--model", str(model_dir), "--rap3df", str(tmp_path / "empty"), "--no-progress"]) == 2
@@ -314,6 +339,8 @@ def test_eval_command_on_every_real_data_set_with_a_baseline_model(
     out = tmp_path / "results"
     arguments = ["eval", "--model", str(model_dir), "--baseline-model", str(model_dir), "--out", str(out)]
     arguments += ["--real-faces", str(real_faces_dir), "--rap3df", str(rap3df_dir), "--yaleb", str(yaleb_dir)]
+    # No rap3df person is among the prepared faces' identities: none is left out.
+    arguments += ["--rap3df-trained", str(real_faces_dir)]
     arguments += ["--limit", "3", "--generation-limit", "2", "--steps", "2", "--depth-steps", "1", "--ensemble", "1"]
     # Depth→image is left to the section's own test; joint generation is enough to see --generation-limit work.
     arguments += ["--tasks", "image_to_depth,joint,relighting", "--seeds", "1"]
@@ -323,8 +350,12 @@ def test_eval_command_on_every_real_data_set_with_a_baseline_model(
     assert real["baseline_model"] == str(model_dir) and "image_to_depth" not in results  # no --data
     assert real["real_faces"]["samples"] == 3 and real["real_faces"]["generation_samples"] == 2
     assert "baseline model" in real["real_faces"]["image_to_depth"]["rows"]
-    assert real["rap3df"]["captures"] == 3 and real["yaleb"]["pairs"] == 3
-    assert "--real-faces" in results["command"] and "--generation-limit 2" in results["command"]
+    assert real["rap3df"]["captures"] == 3 and real["rap3df"]["people_left_out"] == 0 and real["yaleb"]["pairs"] == 3
+    assert (
+        "--rap3df-trained" in results["command"]
+        and "--real-faces" in results["command"]
+        and "--generation-limit 2" in results["command"]
+    )
     markdown = (out / "results.md").read_text()
     for heading in ("## Real faces", "## Real depth (Kinect v2)", "## Real relighting (Extended Yale B)"):
         assert heading in markdown
@@ -338,6 +369,8 @@ def test_eval_command_needs_some_data_and_existing_folders(model_dir, tmp_path, 
     assert "nothing to evaluate" in capsys.readouterr().err
     assert main(["eval", "--model", str(model_dir), "--yaleb", str(tmp_path / "missing")]) == 2
     assert f"--yaleb {tmp_path / 'missing'}: folder not found" in capsys.readouterr().err
+    assert main(["eval", "--model", str(model_dir), "--yaleb", str(tmp_path), "--rap3df-trained", str(tmp_path)]) == 2
+    assert "--rap3df-trained needs --rap3df" in capsys.readouterr().err
 
 
 # --- the shared data sets, when present -------------------------------------------------------------------------

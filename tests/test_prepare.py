@@ -198,6 +198,56 @@ def test_batch_writes_loadable_samples_reports_bad_files_and_resumes(tmp_path, p
     assert read_sample(out / "astronaut").rgb.shape == (64, 64, 3)
 
 
+def _write_depth_capture(folder, image: np.ndarray, landmarks: np.ndarray) -> None:
+    """A depth-camera capture of `image`: a cone about the nose tip (sensor units, 1000 at the nose), a hole
+    at the left of the face, and a wall at twice the face's depth to the right, all in mask.png."""
+    folder.mkdir(parents=True)
+    height, width = image.shape[:2]
+    rows, columns = np.mgrid[0:height, 0:width]
+    nose = landmarks[NOSE_TIP, :2]
+    distance = np.hypot(columns - nose[0], rows - nose[1])
+    face_width = np.ptp(landmarks[:, 0])
+    depth = np.where(distance < 0.9 * face_width, 1000 + 0.4 * distance, 0)
+    depth[(columns > nose[0] + 0.95 * face_width) & (np.abs(rows - nose[1]) < face_width)] = 2200
+    depth[np.abs(columns - (nose[0] - 0.5 * face_width)) < 0.05 * face_width] = 0
+    Image.fromarray(image).save(folder / "rgb.png")
+    Image.fromarray(depth.round().astype(np.uint16)).save(folder / "depth_raw.png")
+    Image.fromarray(((depth > 0) * 255).astype(np.uint8)).save(folder / "mask.png")
+
+
+def test_a_depth_camera_capture_becomes_a_sample_with_its_measured_depth(tmp_path, portraits, preparer):
+    image = portraits["astronaut"]
+    face = preparer.find_faces(image)[0]
+    landmarks = face.landmarks
+    captures = tmp_path / "captures"
+    _write_depth_capture(captures / "eileen" / "front_0", image, landmarks)
+    Image.fromarray(image).save(captures / "photo.png")
+    summary = prepare([captures], tmp_path / "out", size=SIZE, identity_from="folder", progress=False)
+    # The capture's three files make one input; the photo beside it is another.
+    assert (summary.files_found, summary.samples_written, summary.failures) == (2, 2, [])
+    sample = read_sample(tmp_path / "out" / "eileen__front_0")
+    assert sample.meta["depth_source"] == "measured" and sample.meta["identity"] == "eileen"
+    table = np.array(sample.meta["face_landmarks"])
+    depth = sample.depth[sample.mask]
+    # Scaled so that the face lies where the nominal camera puts the face mesh; the wall is not the person.
+    assert np.median(depth) == pytest.approx(np.median(table[:, 2]), rel=0.05)
+    assert depth.max() < 1.35 * np.median(depth) and depth.min() > 0.95 * np.median(depth)
+    nose, cheek = (np.round(table[index, :2]).astype(int) for index in (NOSE_TIP, CHEEKS[0]))
+    assert sample.depth[nose[1], nose[0]] < sample.depth[cheek[1], cheek[0]]
+    # The hole stays a hole (and the depth beside it is never averaged with its zeros: the minimum above).
+    face_width = np.ptp(landmarks[:, 0])
+    in_hole, beside = (
+        np.round(
+            preparer.align(face).landmarks_to_crop(
+                np.array([[landmarks[NOSE_TIP, 0] + offset * face_width, landmarks[NOSE_TIP, 1], 0.0]])
+            )[0, :2]
+        ).astype(int)
+        for offset in (-0.5, -0.35)
+    )
+    assert not sample.mask[in_hole[1], in_hole[0]] and sample.mask[beside[1], beside[0]]
+    assert read_sample(tmp_path / "out" / "photo").meta["depth_source"] == "pseudo"
+
+
 def test_worker_processes_prepare_the_same_samples(tmp_path, portrait_folder):
     summary = prepare([portrait_folder], tmp_path / "out", size=64, workers=2, progress=False)
     assert summary.samples_written == 2 and not summary.failures

@@ -54,6 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     real.add_argument(
         "--rap3df", help="rap3df Kinect captures: <person>/<pose>_<k>/ with rgb.png, depth_raw.png, mask.png"
     )
+    real.add_argument(
+        "--rap3df-trained",
+        metavar="PREPARED",
+        help="rap3df captures prepared for training (`rgbd-portrait prepare`): leave out its train and val people",
+    )
     real.add_argument("--yaleb", help="Extended Yale B, cropped: <person>/<person>_P00A+000E+00.png, …")
     real.add_argument("--baseline-model", help="a second model folder (e.g. the previous default) measured beside it")
     real.add_argument(
@@ -96,7 +101,11 @@ def run(args: argparse.Namespace) -> int:
     )
     options.check()
     folders = RealDataFolders(
-        **{name: Path(value) for name in ("real_faces", "rap3df", "yaleb") if (value := getattr(args, name))}
+        **{
+            name: Path(value)
+            for name in ("real_faces", "rap3df", "yaleb", "rap3df_trained")
+            if (value := getattr(args, name))
+        }
     )
     if args.data is None and not folders.given():
         raise UserInputError("nothing to evaluate: give --data and/or --real-faces, --rap3df, --yaleb")
@@ -153,6 +162,7 @@ def _command(args: argparse.Namespace, options) -> str:
     for flag, value in (
         ("--real-faces", args.real_faces),
         ("--rap3df", args.rap3df),
+        ("--rap3df-trained", args.rap3df_trained),
         ("--yaleb", args.yaleb),
         ("--baseline-model", args.baseline_model),
         ("--generation-limit", args.generation_limit),

@@ -1,7 +1,9 @@
 """Image→depth against real measured depth: rap3df's Kinect v2 head-and-shoulder captures.
 
 A capture folder `<person>/<pose>_<k>/` holds `rgb.png` (registered to the depth, background black),
-`depth_raw.png` (16-bit Kinect units, larger = farther, 0 = no data) and `mask.png`. Each image goes through
+`depth_raw.png` (16-bit Kinect units, larger = farther, 0 = no data) and `mask.png` (`data.rgbd_captures`).
+People a model was trained on (`rgbd-portrait prepare` made training samples of some of the captures) are
+left out by name. Each image goes through
 the pipeline as a user's photo does: framed by the model's default fit (its `fit` setting: a face-centred
 square crop, or the face framed as in training), depth mapped back to the image's pixels (`match_input_size`),
 no mask given. MediaPipe's face mesh on the image gives 478 landmarks; captures where it
@@ -26,18 +28,22 @@ Baselines
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from rgbd_portrait.data.image_io import colorize_depth
+from rgbd_portrait.data.rgbd_captures import (
+    PERSON_DEPTH_RANGE,
+    DepthCapture,
+    find_captures,
+    person_pixels,
+    read_capture,
+)
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.evaluation.baselines import radial_depth
 from rgbd_portrait.evaluation.metrics import depth_metrics, rank_correlation
@@ -57,69 +63,9 @@ from rgbd_portrait.evaluation.real_support import (
 from rgbd_portrait.evaluation.results import MetricAccumulator
 from rgbd_portrait.evaluation.runner import EvaluationOptions, mean_rows, predict_unit_depth
 
-CAPTURE_FILES = ("rgb.png", "depth_raw.png", "mask.png")
-PERSON_DEPTH_RANGE = (0.7, 1.35)
 FACE_MESH = "face mesh (its own landmark depth)"
 SHEET_NAME = "rap3df_sheet.png"
 DENSE_KEYS = ("abs_rel", "delta1")
-_CAPTURE_NAME = re.compile(r"^(?P<pose>.+)_(?P<take>\d+)$")
-
-
-@dataclass
-class KinectCapture:
-    """One rap3df capture: the image, the raw Kinect depth (0 = no data) and where the depth is valid."""
-
-    person: str
-    name: str  # "<pose>_<k>"
-    rgb: np.ndarray  # (H, W, 3) uint8
-    depth: torch.Tensor  # (H, W) float32, raw Kinect units
-
-    @property
-    def key(self) -> str:
-        return f"{self.person}/{self.name}"
-
-
-def find_captures(root: str | os.PathLike) -> list[Path]:
-    """The capture folders `<person>/<pose>_<k>/` under `root` with all of rgb.png, depth_raw.png and mask.png."""
-    root = Path(root)
-    folders = sorted(path.parent for path in root.glob("*/*/rgb.png") if _CAPTURE_NAME.match(path.parent.name))
-    folders = [folder for folder in folders if all((folder / name).is_file() for name in CAPTURE_FILES)]
-    if not folders:
-        raise UserInputError(
-            f"{root}: no rap3df capture (<person>/<pose>_<k>/ with {', '.join(CAPTURE_FILES)}) in this folder"
-        )
-    return folders
-
-
-def read_capture(folder: str | os.PathLike) -> KinectCapture:
-    """A capture folder's image and Kinect depth, checked to match in size; the depth is zeroed off mask.png."""
-    folder = Path(folder)
-    try:
-        rgb = np.asarray(Image.open(folder / "rgb.png").convert("RGB"))
-        raw = np.asarray(Image.open(folder / "depth_raw.png"))
-        mask = np.asarray(Image.open(folder / "mask.png").convert("L")) > 0
-    except OSError as error:
-        raise UserInputError(f"{folder}: cannot read the capture ({error})") from error
-    if raw.ndim != 2 or not np.issubdtype(raw.dtype, np.integer):
-        raise UserInputError(f"{folder / 'depth_raw.png'}: expected a 16-bit greyscale depth PNG, got {raw.dtype}")
-    if raw.shape != rgb.shape[:2] or mask.shape != rgb.shape[:2]:
-        raise UserInputError(
-            f"{folder}: rgb.png {rgb.shape[:2]}, depth_raw.png {raw.shape} and mask.png {mask.shape} differ in size"
-        )
-    depth = torch.from_numpy(np.where(mask, raw, 0).astype(np.float32))
-    return KinectCapture(person=folder.parent.name, name=folder.name, rgb=rgb, depth=depth)
-
-
-def person_pixels(depth: torch.Tensor, landmarks: np.ndarray) -> torch.Tensor:
-    """The person (H, W) bool: Kinect-valid pixels within `PERSON_DEPTH_RANGE` of the face's depth (the median
-    Kinect depth at the landmarks); all-False when no landmark has Kinect depth."""
-    values, inside = values_at_landmarks(depth, landmarks)
-    measured = values[inside & (values > 0)]
-    if len(measured) == 0:
-        return torch.zeros_like(depth, dtype=torch.bool)
-    face_depth = measured.median()
-    low, high = PERSON_DEPTH_RANGE
-    return (depth >= low * face_depth) & (depth <= high * face_depth)
 
 
 def evaluate_kinect_depth(
@@ -130,13 +76,19 @@ def evaluate_kinect_depth(
     out_dir: str | os.PathLike,
     find_landmarks: LandmarkFinder,
     baseline_pipeline=None,
+    exclude_people: Collection[str] = (),
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Image→depth on rap3df captures against their Kinect depth; see the module docstring.
 
-    `options.limit` caps the captures (people in turn); `find_landmarks` gives each image's face-mesh landmarks.
+    `options.limit` caps the captures (people in turn) after those of `exclude_people` are left out;
+    `find_landmarks` gives each image's face-mesh landmarks.
     """
-    folders = people_in_turn(find_captures(root), lambda folder: folder.parent.name)[: options.limit]
+    found = find_captures(root)
+    kept = [folder for folder in found if folder.parent.name not in exclude_people]
+    if not kept:
+        raise UserInputError(f"{root}: every person's captures are left out as trained on")
+    folders = people_in_turn(kept, lambda folder: folder.parent.name)[: options.limit]
     names = ["model", *([BASELINE_MODEL] if baseline_pipeline is not None else []), RADIAL, FACE_MESH]
     rows = {name: MetricAccumulator() for name in names}
     without_face, few_landmarks, scored_keys, landmark_counts, sheet_rows = [], [], [], [], []
@@ -180,6 +132,7 @@ def evaluate_kinect_depth(
     results: dict[str, Any] = {
         "data": str(root),
         "captures": len(folders),
+        "people_left_out": len({folder.parent.name for folder in found} & set(exclude_people)),
         "scored": len(scored_keys),
         "people": len({key.split("/")[0] for key in scored_keys}),
         "without_face": without_face,
@@ -198,7 +151,7 @@ def evaluate_kinect_depth(
     return results
 
 
-def _sheet_row(capture: KinectCapture, region: torch.Tensor, predictions: Mapping[str, torch.Tensor]):
+def _sheet_row(capture: DepthCapture, region: torch.Tensor, predictions: Mapping[str, torch.Tensor]):
     """The image, the Kinect depth and each prediction, colourised over the scored pixels (near = red)."""
     valid = region.numpy()
     row = [
@@ -219,7 +172,9 @@ def format_kinect_depth(section: Mapping[str, Any]) -> str:
     lines = [
         f"## Real depth (Kinect v2): `{section['data']}`",
         "",
-        f"{section['scored']} of {section['captures']} captures scored ({section['people']} people); no face found "
+        f"{section['scored']} of {section['captures']} captures scored ({section['people']} people"
+        + (f"; {section['people_left_out']} people trained on left out" if section.get("people_left_out") else "")
+        + f"); no face found "
         f"in {len(section['without_face'])}, fewer than {MIN_LANDMARKS} landmarks on the person in "
         f"{len(section['too_few_landmarks'])}. Images given as a user's photo (framed by each model's default fit: "
         f"{_fits(section)}; depth mapped back to the image). AbsRel and δ after a least-squares scale (kept >= 0) "

@@ -7,7 +7,8 @@ real faces (`evaluation.real_faces`)
     the face-mesh pseudo-depth, the codec's reconstruction, and depth→image and joint generation from real
     references (consistency, and a contact sheet to judge by eye).
 rap3df (`evaluation.kinect_depth`)
-    Image→depth against real Kinect v2 depth.
+    Image→depth against real Kinect v2 depth, on the people a model was not trained on (`rap3df_trained`: the
+    captures prepared for training, whose train and val people are left out).
 Extended Yale B (`evaluation.real_relighting`)
     Relighting from one known point light to another, against the photograph under that light.
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rgbd_portrait.data.dataset import discover_samples
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.evaluation.kinect_depth import evaluate_kinect_depth, format_kinect_depth
 from rgbd_portrait.evaluation.real_faces import evaluate_real_faces, format_real_faces
@@ -38,15 +40,29 @@ class RealDataFolders:
     real_faces: Path | None = None
     rap3df: Path | None = None
     yaleb: Path | None = None
+    rap3df_trained: Path | None = None  # samples `rgbd-portrait prepare` made of rap3df captures for training
 
     def given(self) -> bool:
         return any(folder is not None for folder in (self.real_faces, self.rap3df, self.yaleb))
 
     def check(self) -> None:
         """One-line errors for folders that do not exist, before any model is loaded."""
-        for flag, folder in (("--real-faces", self.real_faces), ("--rap3df", self.rap3df), ("--yaleb", self.yaleb)):
+        flags = (
+            ("--real-faces", self.real_faces),
+            ("--rap3df", self.rap3df),
+            ("--yaleb", self.yaleb),
+            ("--rap3df-trained", self.rap3df_trained),
+        )
+        for flag, folder in flags:
             if folder is not None and not Path(folder).is_dir():
                 raise UserInputError(f"{flag} {folder}: folder not found")
+        if self.rap3df_trained is not None and self.rap3df is None:
+            raise UserInputError("--rap3df-trained needs --rap3df")
+
+
+def trained_people(prepared: str | os.PathLike) -> set[str]:
+    """The identities in the train and val splits of a prepared data set: the people a model trained on it saw."""
+    return {entry.identity for entry in discover_samples(prepared) if entry.split != "test"}
 
 
 def evaluate_real_data(
@@ -78,7 +94,12 @@ def evaluate_real_data(
         )
     if folders.rap3df is not None and "image_to_depth" in options.tasks:
         results["rap3df"] = evaluate_kinect_depth(
-            pipeline, folders.rap3df, out_dir=out_dir, find_landmarks=find_landmarks or FaceMeshLandmarks(), **common
+            pipeline,
+            folders.rap3df,
+            out_dir=out_dir,
+            find_landmarks=find_landmarks or FaceMeshLandmarks(),
+            exclude_people=trained_people(folders.rap3df_trained) if folders.rap3df_trained is not None else (),
+            **common,
         )
     if folders.yaleb is not None and "relighting" in options.tasks:
         results["yaleb"] = evaluate_real_relighting(pipeline, folders.yaleb, out_dir=out_dir, **common)

@@ -78,6 +78,24 @@ def align_face(landmarks: np.ndarray, size: int) -> Alignment:
     )
 
 
+def _warp(array: np.ndarray, alignment: Alignment, *, border: int, nearest: bool = False) -> np.ndarray:
+    """Resampling of `array` (H, W) or (H, W, C) into the crop, bilinear unless `nearest`."""
+    cv2 = import_cv2()
+    affine = alignment.crop_to_image()
+    height, width = array.shape[:2]
+    # Shrink large images first with area averaging: the bilinear warp alone would alias.
+    shrink = int(alignment.pixel_scale)
+    if shrink >= 2:
+        small = cv2.resize(array, (max(width // shrink, 1), max(height // shrink, 1)), interpolation=cv2.INTER_AREA)
+        factors = np.array([small.shape[1] / width, small.shape[0] / height])
+        # Image pixel p ↔ shrunk pixel (p + 0.5) * factor - 0.5.
+        affine = np.concatenate([affine[:, :2] * factors[:, None], ((affine[:, 2] + 0.5) * factors - 0.5)[:, None]], 1)
+        array = small
+    flags = (cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP
+    shape = (alignment.size, alignment.size)
+    return cv2.warpAffine(np.ascontiguousarray(array), affine, shape, flags=flags, borderMode=border, borderValue=0)
+
+
 def warp_to_crop(image: np.ndarray, alignment: Alignment) -> tuple[np.ndarray, np.ndarray]:
     """Resample `image` (H, W, 3) uint8 into the crop; returns the crop and where it lies inside the image.
 
@@ -85,22 +103,23 @@ def warp_to_crop(image: np.ndarray, alignment: Alignment) -> tuple[np.ndarray, n
     invalid and end up as background.
     """
     cv2 = import_cv2()
-    affine = alignment.crop_to_image()
-    height, width = image.shape[:2]
-    # Shrink large images first with area averaging: the bilinear warp alone would alias.
-    shrink = int(alignment.pixel_scale)
-    if shrink >= 2:
-        small = cv2.resize(image, (max(width // shrink, 1), max(height // shrink, 1)), interpolation=cv2.INTER_AREA)
-        factors = np.array([small.shape[1] / width, small.shape[0] / height])
-        # Image pixel p ↔ shrunk pixel (p + 0.5) * factor - 0.5.
-        affine = np.concatenate([affine[:, :2] * factors[:, None], ((affine[:, 2] + 0.5) * factors - 0.5)[:, None]], 1)
-        image = small
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    shape = (alignment.size, alignment.size)
-    crop = cv2.warpAffine(np.ascontiguousarray(image), affine, shape, flags=flags, borderMode=cv2.BORDER_REFLECT_101)
+    crop = _warp(image, alignment, border=cv2.BORDER_REFLECT_101)
     inside = np.ones(image.shape[:2], dtype=np.uint8)
-    valid = cv2.warpAffine(inside, affine, shape, flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
-    return crop, valid.astype(bool)
+    return crop, _warp(inside, alignment, border=cv2.BORDER_CONSTANT, nearest=True).astype(bool)
+
+
+def warp_depth_to_crop(depth: np.ndarray, valid: np.ndarray, alignment: Alignment) -> tuple[np.ndarray, np.ndarray]:
+    """Resample measured `depth` (H, W) into the crop from its `valid` pixels (H, W) bool only.
+
+    Returns the crop's depth (0 where invalid) and where it is valid: where valid pixels make up at least
+    half of the interpolation weight, so depth is never averaged with the holes' zeros.
+    """
+    cv2 = import_cv2()
+    weight = valid.astype(np.float32)
+    weight_crop = _warp(weight, alignment, border=cv2.BORDER_CONSTANT)
+    depth_crop = _warp(np.where(valid, depth, 0).astype(np.float32), alignment, border=cv2.BORDER_CONSTANT)
+    valid_crop = weight_crop >= 0.5
+    return np.where(valid_crop, depth_crop / np.maximum(weight_crop, 1e-6), 0).astype(np.float32), valid_crop
 
 
 def smooth_alignments(alignments: list[Alignment], times: np.ndarray, *, sigma_s: float) -> list[Alignment]:

@@ -1,6 +1,7 @@
-"""Finding the photos and videos to prepare, and naming their outputs.
+"""Finding the photos, videos and depth-camera captures to prepare, and naming their outputs.
 
-An input's NAME is its path relative to the folder it was found in (or its file name, when given
+A depth-camera capture is a folder in rap3df's layout (`data.rgbd_captures`): one input, whose files are not
+inputs of their own. An input's NAME is its path relative to the folder it was found in (or its file name, when given
 directly), without the suffix, with "/" replaced by "__"; inputs that differ only in their suffix keep it
 (`face_jpg`, `face_png`).
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rgbd_portrait.data.prepare.media import PHOTO_SUFFIXES, VIDEO_SUFFIXES
+from rgbd_portrait.data.rgbd_captures import is_capture
 from rgbd_portrait.errors import UserInputError
 
 IDENTITY_SOURCES = ("file", "folder")
@@ -30,6 +32,11 @@ class InputFile:
     def is_video(self) -> bool:
         return self.path.suffix.lower() in VIDEO_SUFFIXES
 
+    @property
+    def is_capture(self) -> bool:
+        """A depth-camera capture folder (`data.rgbd_captures`)."""
+        return self.path.is_dir()
+
 
 def _is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
@@ -38,7 +45,8 @@ def _is_hidden(path: Path, root: Path) -> bool:
 def find_inputs(
     inputs: Sequence[str | os.PathLike], *, identity_from: str = "file", exclude: str | os.PathLike | None = None
 ) -> tuple[list[InputFile], list[tuple[str, str]]]:
-    """Photos and videos among `inputs` (files or folders, searched recursively, hidden entries skipped).
+    """Photos, videos and capture folders among `inputs` (files or folders, searched recursively, hidden entries
+    skipped).
 
     Returns the inputs and, separately, the files of unsupported formats with the reason. `exclude` is a
     folder to leave out (the output folder, when it lies inside an input folder). Identities are the
@@ -51,13 +59,21 @@ def find_inputs(
     unsupported: list[tuple[str, str]] = []
     supported = PHOTO_SUFFIXES + VIDEO_SUFFIXES
     for given in map(Path, inputs):
+        if is_capture(given):
+            found.append((given, (given.name,)))
+            continue
         if given.is_dir():
-            files = sorted(
+            entries = [
                 path
                 for path in given.rglob("*")
-                if path.is_file()
-                and not _is_hidden(path, given)
-                and (excluded is None or not path.resolve().is_relative_to(excluded))
+                if not _is_hidden(path, given) and (excluded is None or not path.resolve().is_relative_to(excluded))
+            ]
+            captures = sorted(path for path in entries if path.is_dir() and is_capture(path))
+            found += [(capture, capture.relative_to(given).parts) for capture in captures]
+            files = sorted(
+                path
+                for path in entries
+                if path.is_file() and not any(path.is_relative_to(capture) for capture in captures)
             )
             relative_parts = [path.relative_to(given).parts for path in files]
         elif given.is_file():

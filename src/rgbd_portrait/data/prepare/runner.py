@@ -1,8 +1,9 @@
-"""The batch: prepare every photo and video (in worker processes), resume, and summarise.
+"""The batch: prepare every photo, video and depth-camera capture (in worker processes), resume, and summarise.
 
 Output layout under the output folder:
 
     NAME/                   a photo's sample (largest face), or NAME_faceK/ per face with `all_faces`
+    NAME/                   a depth-camera capture's sample (largest face), with its measured depth
     NAME/                   a video's sequence (see `sequences`)
     .prepare/NAME.json      the record of a finished input, which makes a rerun with the same options skip it
     prepare_summary.json    the last run's summary
@@ -32,6 +33,7 @@ from rgbd_portrait.data.prepare.dependencies import import_cv2, import_mediapipe
 from rgbd_portrait.data.prepare.inputs import InputFile, find_inputs, split_for
 from rgbd_portrait.data.prepare.portrait import PortraitPreparer
 from rgbd_portrait.data.prepare.sequences import prepare_sequence
+from rgbd_portrait.data.rgbd_captures import read_capture
 from rgbd_portrait.data.sample_format import is_sample, write_sample
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.files import write_bytes_atomically
@@ -170,6 +172,22 @@ def _prepare_photo(preparer: PortraitPreparer, item: InputFile, options: Prepare
     return outcome
 
 
+def _prepare_capture(
+    preparer: PortraitPreparer, item: InputFile, options: PrepareOptions, out_dir: Path
+) -> FileOutcome:
+    capture = read_capture(item.path)
+    faces = preparer.find_faces(capture.rgb)
+    outcome = FileOutcome(source=str(item.path), is_video=False, faces_found=len(faces))
+    if faces:
+        sample = preparer.measured_sample(
+            capture, faces[0], preparer.align(faces[0]), meta=_base_meta(item, item.identity, options)
+        )
+        write_sample(out_dir / item.name, sample, overwrite=True)
+        outcome.outputs.append(item.name)
+        outcome.samples_written += 1
+    return outcome
+
+
 def _prepare_video(
     preparer: PortraitPreparer, item: InputFile, options: PrepareOptions, out_dir: Path, *, progress: bool
 ) -> FileOutcome:
@@ -194,10 +212,12 @@ def _prepare_video(
 def prepare_file(
     preparer: PortraitPreparer, item: InputFile, options: PrepareOptions, out_dir: Path, *, progress: bool = False
 ) -> FileOutcome:
-    """Prepare one photo or video; any failure is returned in the outcome, never raised."""
+    """Prepare one photo, video or capture; any failure is returned in the outcome, never raised."""
     try:
         if item.is_video:
             outcome = _prepare_video(preparer, item, options, out_dir, progress=progress)
+        elif item.is_capture:
+            outcome = _prepare_capture(preparer, item, options, out_dir)
         else:
             outcome = _prepare_photo(preparer, item, options, out_dir)
         _write_record(out_dir, item, options, outcome)
