@@ -14,7 +14,9 @@ from rgbd_portrait.cli.main import main as cli_main
 from rgbd_portrait.data.sample_format import PortraitSample, write_sample
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models import RGBDPortraitModel
+from rgbd_portrait.models.testing import tiny_model_section
 from rgbd_portrait.training import Trainer, TrainingDivergedError, load_config, stages, train
+from rgbd_portrait.training.latent_cache import cache_fingerprint
 from train_support import RESOLUTION, read_losses, render_tiny_dataset, write_tiny_config
 
 
@@ -182,6 +184,8 @@ def test_a_run_stopped_before_its_first_log_row_can_end_at_its_checkpoint(tmp_pa
 
 
 def test_latent_cache_gives_the_same_training(tmp_path, data_root):
+    # Two folders: the cache of each is gathered into the mixture's order.
+    photos = _write_pseudo_depth_photos(tmp_path / "photos", 3)
     runs = {}
     for cached in (False, True):
         folder = tmp_path / str(cached)
@@ -195,13 +199,14 @@ def test_latent_cache_gives_the_same_training(tmp_path, data_root):
             overrides=[
                 f"data.cache_latents={str(cached).lower()}",
                 f"train.gradient_checkpointing={str(cached).lower()}",
+                f"data.sources=[{{root: {photos}, weight: 1}}]",
             ],
         )
         train(config, show_progress=False)
         runs[cached] = read_losses(folder / "run", "joint")
     assert runs[True] == pytest.approx(runs[False], rel=1e-4)
-    (cache,) = (tmp_path / "True" / "run" / "latent_cache").iterdir()
-    assert (cache / "index.json").is_file() and (cache / "shard-00000.safetensors").is_file()
+    caches = list((tmp_path / "True" / "run" / "latent_cache").iterdir())
+    assert len(caches) == 2 and all((cache / "shard-00000.safetensors").is_file() for cache in caches)
 
 
 def _write_pseudo_depth_photos(root, count):
@@ -220,6 +225,40 @@ def _write_pseudo_depth_photos(root, count):
         rgb = rng.integers(0, 256, (RESOLUTION, RESOLUTION, 3), dtype=np.uint8)
         write_sample(root / f"photo{index}", PortraitSample(rgb=rgb, depth=depth, mask=mask, meta=meta))
     return root
+
+
+def test_a_mixture_caches_each_folder_once(tmp_path, data_root):
+    photos = _write_pseudo_depth_photos(tmp_path / "photos", 3)
+    more = _write_pseudo_depth_photos(tmp_path / "more", 2)
+    cache_dir = tmp_path / "cache"
+
+    def run(name: str, sources: str) -> dict[str, int]:
+        (tmp_path / name).mkdir()
+        config = _config(
+            tmp_path / name,
+            data_root,
+            train={"stages": ["joint"], "joint": {"max_steps": 1}},
+            overrides=["data.cache_latents=true", f"data.cache_dir={cache_dir}", f"data.sources=[{sources}]"],
+        )
+        train(config, show_progress=False)
+        return {folder.name: (folder / "index.json").stat().st_mtime_ns for folder in cache_dir.iterdir()}
+
+    first = run("first", f"{{root: {photos}, weight: 1}}")
+    assert len(first) == 2  # the studio and the photos
+    second = run("second", f"{{root: {photos}, weight: 2}}, {{root: {more}, weight: 1}}")
+    # Only the new folder was encoded; the others' caches were read as they were.
+    assert len(second) == 3 and all(second[name] == stamp for name, stamp in first.items())
+
+
+def test_a_new_decoder_keeps_the_cache_fingerprint_a_new_encoder_does_not():
+    model = RGBDPortraitModel.from_config(tiny_model_section())
+    names, fingerprint = ["a", "b"], cache_fingerprint(model.codec, ["a", "b"], RESOLUTION)
+    with torch.no_grad():
+        model.codec.vae.decoder.conv_out.bias.add_(1.0)
+        assert cache_fingerprint(model.codec, names, RESOLUTION) == fingerprint
+        model.codec.vae.encoder.conv_in.bias.add_(1.0)
+        assert cache_fingerprint(model.codec, names, RESOLUTION) != fingerprint
+    assert cache_fingerprint(model.codec, names[:1], RESOLUTION) != cache_fingerprint(model.codec, names, RESOLUTION)
 
 
 @pytest.mark.parametrize("cached", [False, True])

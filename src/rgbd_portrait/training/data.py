@@ -157,11 +157,13 @@ class LatentSamples(Dataset):
         index, epoch = key
         reference = self.dataset.reference_index(index, epoch=epoch)
         on_backdrop = on_backdrop_this_epoch(self.backdrop_fraction, seed=self.seed, epoch=epoch, index=index)
-        rgb = self.latents.rgb_on_backdrop if on_backdrop else self.latents.rgb
-        reference_latents = rgb[reference]
+        latents = self.latents
+        rgb = latents.rgb_on_backdrop if on_backdrop else latents.rgb
         if reference == index:
-            # The data set mirrors a lone image to serve as its reference; its latents mirror with it.
-            reference_latents = reference_latents.flip(-1)
+            # The data set mirrors a lone image to serve as its reference: the mirrored image's latents.
+            reference_latents = (latents.rgb_on_backdrop_mirrored if on_backdrop else latents.rgb_mirrored)[index]
+        else:
+            reference_latents = rgb[reference]
         return {
             "rgb_latents": rgb[index],
             "depth_latents": self.latents.depth[index],

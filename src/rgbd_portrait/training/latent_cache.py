@@ -5,13 +5,18 @@ it is most of the work. A cache folder holds::
 
     index.json               what was encoded (fingerprint), how many samples, the shard files
     shard-00000.safetensors  rgb, rgb_on_backdrop (the image on its flat backdrop), depth (n, C, h, w): scaled
-                             latents; foreground and
+                             latents; rgb_mirrored, rgb_on_backdrop_mirrored: those of the mirrored images
+                             (a lone image's reference; a latent mirrored is not the mirrored image's latent);
+                             foreground and
                              depth_observed (n, 1, h, w): each latent cell's share of the person and of
                              observed depth; pseudo_depth (n,): 1 for pseudo-depth samples
 
-The folder name is a fingerprint of the VAE weights and config, the data set's sample list and the
-resolution, so a changed VAE or data set never reads stale latents. Shards are written to temporary names and
-renamed, and `index.json` comes last: a cache is either complete or ignored.
+A training mixture of several folders keeps one cache per folder (`CachedLatents.gather` joins them in the
+mixture's order), so adding a folder encodes that folder alone. The folder name is a fingerprint
+of the VAE's config and encoder weights, the folder's sample list and the resolution, so a changed encoder or
+data set never reads stale latents, while a new decoder (trained with the encoder frozen) keeps them.
+Shards are written to temporary names and renamed, and `index.json` comes last: a cache is either complete
+or ignored.
 """
 
 from __future__ import annotations
@@ -32,7 +37,19 @@ from rgbd_portrait.models.codec import LatentCodec
 from rgbd_portrait.training.joint_objective import latent_foreground
 
 INDEX_FILE = "index.json"
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
+# The VAE weights that make the latents; the decoder's do not.
+ENCODER_PREFIXES = ("encoder.", "quant_conv.")
+CACHED_TENSORS = (
+    "rgb",
+    "rgb_on_backdrop",
+    "rgb_mirrored",
+    "rgb_on_backdrop_mirrored",
+    "depth",
+    "foreground",
+    "depth_observed",
+    "pseudo_depth",
+)
 
 
 def cache_fingerprint(codec: LatentCodec, sample_names: Sequence[str], resolution: int) -> str:
@@ -41,6 +58,8 @@ def cache_fingerprint(codec: LatentCodec, sample_names: Sequence[str], resolutio
     digest.update(json.dumps({"format": CACHE_FORMAT, "resolution": resolution}).encode())
     digest.update(json.dumps(dict(codec.vae.config), sort_keys=True, default=str).encode())
     for name, tensor in sorted(codec.vae.state_dict().items()):
+        if not name.startswith(ENCODER_PREFIXES):
+            continue
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     digest.update("\n".join(sample_names).encode())
@@ -62,21 +81,17 @@ def encode_shard(
     """Latents of `dataset[i]` for i in `indices`, in that order."""
     device = next(codec.parameters()).device
     loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, num_workers=num_workers)
-    parts: dict[str, list[torch.Tensor]] = {
-        "rgb": [],
-        "rgb_on_backdrop": [],
-        "depth": [],
-        "foreground": [],
-        "depth_observed": [],
-        "pseudo_depth": [],
-    }
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in CACHED_TENSORS}
     for batch in loader:
         rgb = batch["rgb"].to(device)
         latents = codec.encode_rgbd(rgb, batch["depth"].to(device)).float().cpu()
         rgb_latents, depth_latents = latents.chunk(2, dim=1)
         latent_size = tuple(latents.shape[2:])
         parts["rgb"].append(rgb_latents)
-        parts["rgb_on_backdrop"].append(codec.encode_rgb(batch["rgb_on_backdrop"].to(device)).float().cpu())
+        for name in ("rgb_on_backdrop", "rgb_mirrored", "rgb_on_backdrop_mirrored"):
+            image = batch[name.removesuffix("_mirrored")].to(device)
+            image = image.flip(-1) if name.endswith("_mirrored") else image
+            parts[name].append(codec.encode_rgb(image).float().cpu())
         parts["depth"].append(depth_latents)
         parts["foreground"].append(latent_foreground(batch["mask"], latent_size))
         parts["depth_observed"].append(latent_foreground(batch["depth_observed"], latent_size))
@@ -139,22 +154,37 @@ def build_latent_cache(
 
 
 class CachedLatents:
-    """All tensors of a complete cache, in memory, under the shards' names (see the module text)."""
+    """Cached tensors in memory, one per name of `CACHED_TENSORS` (see the module text), sample-major."""
 
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.rgb = tensors["rgb"]
+        self.rgb_on_backdrop = tensors["rgb_on_backdrop"]
+        self.rgb_mirrored = tensors["rgb_mirrored"]
+        self.rgb_on_backdrop_mirrored = tensors["rgb_on_backdrop_mirrored"]
+        self.depth = tensors["depth"]
+        self.foreground = tensors["foreground"]
+        self.depth_observed = tensors["depth_observed"]
+        self.pseudo_depth = tensors["pseudo_depth"]
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> CachedLatents:
+        """All shards of a complete cache folder."""
         directory = Path(directory)
         index = json.loads((directory / INDEX_FILE).read_text())
         shards = [load_file(directory / name) for name in index["shards"]]
-        self.rgb = torch.cat([shard["rgb"] for shard in shards])
-        self.rgb_on_backdrop = torch.cat([shard["rgb_on_backdrop"] for shard in shards])
-        self.depth = torch.cat([shard["depth"] for shard in shards])
-        self.foreground = torch.cat([shard["foreground"] for shard in shards])
-        self.depth_observed = torch.cat([shard["depth_observed"] for shard in shards])
-        self.pseudo_depth = torch.cat([shard["pseudo_depth"] for shard in shards])
-        if self.rgb.shape[0] != index["num_samples"]:
-            raise ValueError(
-                f"{directory}: cache holds {self.rgb.shape[0]} samples, its index says {index['num_samples']}"
-            )
+        latents = cls({name: torch.cat([shard[name] for shard in shards]) for name in CACHED_TENSORS})
+        if len(latents) != index["num_samples"]:
+            raise ValueError(f"{directory}: cache holds {len(latents)} samples, its index says {index['num_samples']}")
+        return latents
+
+    @classmethod
+    def gather(cls, parts: Sequence[CachedLatents], locations: Sequence[tuple[int, int]]) -> CachedLatents:
+        """The latents of a mixture whose item i is sample `locations[i] = (part, index)` of `parts`."""
+        offsets = [0]
+        for part in parts[:-1]:
+            offsets.append(offsets[-1] + len(part))
+        order = torch.tensor([offsets[part] + index for part, index in locations], dtype=torch.long)
+        return cls({name: torch.cat([getattr(part, name) for part in parts])[order] for name in CACHED_TENSORS})
 
     def __len__(self) -> int:
         return self.rgb.shape[0]

@@ -33,6 +33,7 @@ from torch.profiler import record_function
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from rgbd_portrait.data.dataset import PortraitDataset, PortraitMixture
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.files import write_bytes_atomically
 from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
@@ -308,13 +309,27 @@ class Trainer:
     def _training_samples(self, recipe, train_set, model: RGBDPortraitModel) -> Dataset:
         if not getattr(recipe, "uses_latents", False):
             return self._samples(recipe, train_set, training=True)
+        # One cache per folder of a mixture: adding a folder encodes only that folder.
+        parts = train_set.parts if isinstance(train_set, PortraitMixture) else [train_set]
+        latents = [self._cached_latents(part, model) for part in parts]
+        cached = latents[0] if len(parts) == 1 else CachedLatents.gather(latents, train_set.locations)
+        return LatentSamples(
+            cached,
+            train_set,
+            backdrop_fraction=_backdrop_fraction(recipe),
+            seed=self.config.train.seed,
+        )
+
+    def _cached_latents(self, dataset: PortraitDataset, model: RGBDPortraitModel) -> CachedLatents:
+        """The latents of one data folder, encoded into the cache unless they are there already."""
         data = self.config.data
-        fingerprint = cache_fingerprint(model.codec, [entry.key for entry in train_set.entries], train_set.resolution)
+        names = [f"{dataset.root}:{entry.key}" for entry in dataset.entries]
+        fingerprint = cache_fingerprint(model.codec, names, dataset.resolution)
         cache_root = Path(data.cache_dir) if data.cache_dir else self.folders.latent_cache
         directory = build_latent_cache(
             cache_root / fingerprint,
             codec=model.codec,
-            dataset=_EpochZero(PixelSamples(train_set, with_backdrops=True)),
+            dataset=_EpochZero(PixelSamples(dataset, with_backdrops=True)),
             fingerprint=fingerprint,
             rank=self.rank,
             world_size=self.world_size,
@@ -323,12 +338,7 @@ class Trainer:
             num_workers=data.num_workers,
             show_progress=self.show_progress and self.is_main,
         )
-        return LatentSamples(
-            CachedLatents(directory),
-            train_set,
-            backdrop_fraction=_backdrop_fraction(recipe),
-            seed=self.config.train.seed,
-        )
+        return CachedLatents.load(directory)
 
     def _calibration_batches(self, train_set, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         """The first `CALIBRATION_SAMPLES` training samples (epoch 0), in batches, on the device."""
