@@ -1,6 +1,7 @@
 """Stage 2 (motion) in the trainer: a few steps on talking clips change the motion layers and nothing else."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -121,6 +122,28 @@ def test_motion_sources_mix_real_videos_in_by_weight(tmp_path, start_model):
         load_config(path, [f"train.motion.sources=[{{root: {real}, weight: 0}}]"])
     with pytest.raises(UserInputError, match="train.motion.pseudo_depth_weight must be >= 0"):
         load_config(path, ["train.motion.pseudo_depth_weight=-1"])
+
+
+def test_cached_frame_latents_give_the_same_motion_training(tmp_path, start_model):
+    synthetic, real = tmp_path / "synthetic", tmp_path / "real"
+    write_fake_sequence(synthetic / "train" / "a", identity="a", split="train", seconds=0.32, seed=1)
+    # Two folders, one with a frame missing: the cache maps each clip to its frames in each folder's cache.
+    real_x = real / "s1__x"
+    write_fake_sequence(
+        real_x, identity="s1", split="train", seconds=0.4, seed=3, missing=(5,), frame_meta=PSEUDO_DEPTH_META
+    )
+    losses = {}
+    for cached in (False, True):
+        output = tmp_path / f"run_{cached}"
+        path = _config(tmp_path / "config.yaml", data_root=synthetic, start_model=start_model, output_dir=output)
+        overrides = [f"train.motion.sources=[{{root: {real}, weight: 1.0}}]", "train.motion.validate_every=0"]
+        overrides += [f"data.cache_latents={str(cached).lower()}", "train.motion.batch_size=2"]
+        train(load_config(path, overrides), show_progress=False)
+        rows = (output / "motion" / "logs" / "train.jsonl").read_text().splitlines()
+        losses[cached] = [json.loads(row)["loss"] for row in rows]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    caches = list((tmp_path / "run_True" / "latent_cache").iterdir())
+    assert len(caches) == 2  # one per folder, each frame encoded once
 
 
 def test_clip_inputs_share_a_timestep_per_clip_and_give_motion_frames():

@@ -104,6 +104,9 @@ class TalkingClipDataset(Dataset):
         self.epoch = 0
         self.sequences: list[_Sequence] = []
         self.clips: list[_Clip] = []
+        # Every frame of every sequence, (sequence, entry of its `frames`), for caching frames once each.
+        self.frame_entries: list[tuple[int, int]] = []
+        self._first_frame_entry: list[int] = []
         for folder in find_sequences(root):
             meta = read_meta(folder)
             if split is not None and meta.get("split", "train") != split:
@@ -120,6 +123,8 @@ class TalkingClipDataset(Dataset):
             )
             number = len(self.sequences)
             self.sequences.append(sequence)
+            self._first_frame_entry.append(len(self.frame_entries))
+            self.frame_entries += [(number, entry) for entry in range(len(frames))]
             # Every run of clip_frames consecutive frames present (prepared videos miss frames without a face).
             self.clips += [
                 _Clip(number, first)
@@ -150,16 +155,32 @@ class TalkingClipDataset(Dataset):
         candidates = outside or sorted(sequence.position)
         return candidates[int(np.random.default_rng([self.seed, epoch, index]).integers(len(candidates)))]
 
+    def _frame_numbers(self, clip: _Clip) -> list[int]:
+        return list(range(clip.first_frame, clip.first_frame + self.clip_frames))
+
+    def frames_of(self, index: int, *, epoch: int | None = None) -> tuple[list[int], int]:
+        """Clip `index`'s frames and its reference frame in `epoch`, as positions in `frame_entries`."""
+        epoch = self.epoch if epoch is None else epoch
+        clip = self.clips[index]
+        sequence, first = self.sequences[clip.sequence], self._first_frame_entry[clip.sequence]
+        frames = [first + sequence.position[frame] for frame in self._frame_numbers(clip)]
+        return frames, first + sequence.position[self._reference_frame(clip, index, epoch)]
+
+    def audio_of(self, index: int) -> np.ndarray:
+        """Clip `index`'s audio windows (F, W, D)."""
+        clip = self.clips[index]
+        return audio_windows(self.frame_features(clip.sequence), self._frame_numbers(clip), radius=self.audio_radius)
+
     def get(self, index: int, *, epoch: int | None = None) -> dict[str, Any]:
         if not 0 <= index < len(self.clips):
             raise IndexError(f"index {index} out of range for {len(self.clips)} clips")
         epoch = self.epoch if epoch is None else epoch
         clip = self.clips[index]
         sequence = self.sequences[clip.sequence]
-        frame_numbers = list(range(clip.first_frame, clip.first_frame + self.clip_frames))
+        frame_numbers = self._frame_numbers(clip)
         items = [sequence.frames.get(sequence.position[frame], epoch=epoch) for frame in frame_numbers]
         reference = sequence.frames.get(sequence.position[self._reference_frame(clip, index, epoch)], epoch=epoch)
-        windows = audio_windows(self.frame_features(clip.sequence), frame_numbers, radius=self.audio_radius)
+        windows = self.audio_of(index)
         return {
             "rgb": torch.stack([item["rgb"] for item in items]),
             "depth": torch.stack([item["depth"] for item in items]),

@@ -158,17 +158,17 @@ class LatentSamples(Dataset):
         reference = self.dataset.reference_index(index, epoch=epoch)
         on_backdrop = on_backdrop_this_epoch(self.backdrop_fraction, seed=self.seed, epoch=epoch, index=index)
         latents = self.latents
-        rgb = latents.rgb_on_backdrop if on_backdrop else latents.rgb
+        rgb = latents["rgb_on_backdrop" if on_backdrop else "rgb"]
         if reference == index:
             # The data set mirrors a lone image to serve as its reference: the mirrored image's latents.
-            reference_latents = (latents.rgb_on_backdrop_mirrored if on_backdrop else latents.rgb_mirrored)[index]
+            reference_latents = latents["rgb_on_backdrop_mirrored" if on_backdrop else "rgb_mirrored"][index]
         else:
             reference_latents = rgb[reference]
         return {
             "rgb_latents": rgb[index],
-            "depth_latents": self.latents.depth[index],
-            "foreground": self.latents.foreground[index],
+            "depth_latents": latents["depth"][index],
+            "foreground": latents["foreground"][index],
             "reference_latents": reference_latents,
-            "pseudo_depth": self.latents.pseudo_depth[index],
-            "depth_observed": self.latents.depth_observed[index],
+            "pseudo_depth": latents["pseudo_depth"][index],
+            "depth_observed": latents["depth_observed"][index],
         }

@@ -40,6 +40,7 @@ INDEX_FILE = "index.json"
 CACHE_FORMAT = 4
 # The VAE weights that make the latents; the decoder's do not.
 ENCODER_PREFIXES = ("encoder.", "quant_conv.")
+# What the joint stage reads of an image; the motion stage reads only `FRAME_TENSORS` of a video frame.
 CACHED_TENSORS = (
     "rgb",
     "rgb_on_backdrop",
@@ -50,12 +51,18 @@ CACHED_TENSORS = (
     "depth_observed",
     "pseudo_depth",
 )
+FRAME_TENSORS = ("rgb", "depth", "foreground", "depth_observed", "pseudo_depth")
 
 
-def cache_fingerprint(codec: LatentCodec, sample_names: Sequence[str], resolution: int) -> str:
+def cache_fingerprint(
+    codec: LatentCodec, sample_names: Sequence[str], resolution: int, tensors: Sequence[str] = CACHED_TENSORS
+) -> str:
     """A short hash of everything the cached latents depend on."""
+    settings: dict = {"format": CACHE_FORMAT, "resolution": resolution}
+    if tuple(tensors) != CACHED_TENSORS:  # frame caches; image caches hash no list, so earlier ones stay valid
+        settings["tensors"] = list(tensors)
     digest = hashlib.sha256()
-    digest.update(json.dumps({"format": CACHE_FORMAT, "resolution": resolution}).encode())
+    digest.update(json.dumps(settings).encode())
     digest.update(json.dumps(dict(codec.vae.config), sort_keys=True, default=str).encode())
     for name, tensor in sorted(codec.vae.state_dict().items()):
         if not name.startswith(ENCODER_PREFIXES):
@@ -76,12 +83,19 @@ def is_complete(directory: Path) -> bool:
 
 @torch.no_grad()
 def encode_shard(
-    codec: LatentCodec, dataset: Dataset, indices: Sequence[int], *, batch_size: int, num_workers: int, progress
+    codec: LatentCodec,
+    dataset: Dataset,
+    indices: Sequence[int],
+    *,
+    batch_size: int,
+    num_workers: int,
+    progress,
+    tensors: Sequence[str] = CACHED_TENSORS,
 ) -> dict[str, torch.Tensor]:
-    """Latents of `dataset[i]` for i in `indices`, in that order."""
+    """The `tensors` of `dataset[i]` for i in `indices`, in that order."""
     device = next(codec.parameters()).device
     loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, num_workers=num_workers)
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in CACHED_TENSORS}
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in tensors}
     for batch in loader:
         rgb = batch["rgb"].to(device)
         latents = codec.encode_rgbd(rgb, batch["depth"].to(device)).float().cpu()
@@ -89,9 +103,10 @@ def encode_shard(
         latent_size = tuple(latents.shape[2:])
         parts["rgb"].append(rgb_latents)
         for name in ("rgb_on_backdrop", "rgb_mirrored", "rgb_on_backdrop_mirrored"):
-            image = batch[name.removesuffix("_mirrored")].to(device)
-            image = image.flip(-1) if name.endswith("_mirrored") else image
-            parts[name].append(codec.encode_rgb(image).float().cpu())
+            if name in parts:
+                image = batch[name.removesuffix("_mirrored")].to(device)
+                image = image.flip(-1) if name.endswith("_mirrored") else image
+                parts[name].append(codec.encode_rgb(image).float().cpu())
         parts["depth"].append(depth_latents)
         parts["foreground"].append(latent_foreground(batch["mask"], latent_size))
         parts["depth_observed"].append(latent_foreground(batch["depth_observed"], latent_size))
@@ -113,8 +128,10 @@ def build_latent_cache(
     shard_size: int = 1024,
     num_workers: int = 0,
     show_progress: bool = True,
+    tensors: Sequence[str] = CACHED_TENSORS,
 ) -> Path:
-    """Encode `dataset` into `directory`, the processes sharing the shards; a complete cache is reused."""
+    """Encode `tensors` of `dataset` into `directory`, the processes sharing the shards; a complete cache is
+    reused."""
     directory = Path(directory)
     if not is_complete(directory):
         directory.mkdir(parents=True, exist_ok=True)
@@ -133,11 +150,17 @@ def build_latent_cache(
                 progress.update(min(shard_size, total - shard * shard_size))
                 continue
             indices = range(shard * shard_size, min(total, (shard + 1) * shard_size))
-            tensors = encode_shard(
-                codec, dataset, indices, batch_size=batch_size, num_workers=num_workers, progress=progress
+            encoded = encode_shard(
+                codec,
+                dataset,
+                indices,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                progress=progress,
+                tensors=tensors,
             )
             with atomic_file(path) as temporary:
-                save_file(tensors, temporary)
+                save_file(encoded, temporary)
         codec.train(was_training)
         progress.close()
         barrier()
@@ -146,6 +169,7 @@ def build_latent_cache(
                 "format": CACHE_FORMAT,
                 "fingerprint": fingerprint,
                 "num_samples": total,
+                "tensors": list(tensors),
                 "shards": [_shard_name(shard) for shard in range(shard_count)],
             }
             write_bytes_atomically(directory / INDEX_FILE, (json.dumps(index, indent=1) + "\n").encode())
@@ -154,17 +178,10 @@ def build_latent_cache(
 
 
 class CachedLatents:
-    """Cached tensors in memory, one per name of `CACHED_TENSORS` (see the module text), sample-major."""
+    """Cached tensors in memory by name (`CACHED_TENSORS` or `FRAME_TENSORS`; see the module text), sample-major."""
 
     def __init__(self, tensors: dict[str, torch.Tensor]):
-        self.rgb = tensors["rgb"]
-        self.rgb_on_backdrop = tensors["rgb_on_backdrop"]
-        self.rgb_mirrored = tensors["rgb_mirrored"]
-        self.rgb_on_backdrop_mirrored = tensors["rgb_on_backdrop_mirrored"]
-        self.depth = tensors["depth"]
-        self.foreground = tensors["foreground"]
-        self.depth_observed = tensors["depth_observed"]
-        self.pseudo_depth = tensors["pseudo_depth"]
+        self.tensors = tensors
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> CachedLatents:
@@ -172,7 +189,8 @@ class CachedLatents:
         directory = Path(directory)
         index = json.loads((directory / INDEX_FILE).read_text())
         shards = [load_file(directory / name) for name in index["shards"]]
-        latents = cls({name: torch.cat([shard[name] for shard in shards]) for name in CACHED_TENSORS})
+        names = index.get("tensors", CACHED_TENSORS)  # image caches written before frame caches existed name none
+        latents = cls({name: torch.cat([shard[name] for shard in shards]) for name in names})
         if len(latents) != index["num_samples"]:
             raise ValueError(f"{directory}: cache holds {len(latents)} samples, its index says {index['num_samples']}")
         return latents
@@ -184,7 +202,11 @@ class CachedLatents:
         for part in parts[:-1]:
             offsets.append(offsets[-1] + len(part))
         order = torch.tensor([offsets[part] + index for part, index in locations], dtype=torch.long)
-        return cls({name: torch.cat([getattr(part, name) for part in parts])[order] for name in CACHED_TENSORS})
+        names = parts[0].tensors
+        return cls({name: torch.cat([part[name] for part in parts])[order] for name in names})
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
 
     def __len__(self) -> int:
-        return self.rgb.shape[0]
+        return len(next(iter(self.tensors.values())))

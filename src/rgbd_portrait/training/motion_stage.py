@@ -39,12 +39,13 @@ from rgbd_portrait.data.sample_format import read_meta
 from rgbd_portrait.data.sequence_dataset import TalkingClipDataset, TalkingClipMixture, find_sequences
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models.context import ClipImageContext
-from rgbd_portrait.models.layout import task_masks
+from rgbd_portrait.models.layout import join_modalities, task_masks
 from rgbd_portrait.models.motion import MotionLayers
 from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
 from rgbd_portrait.pipelines.animate import sample_clip
 from rgbd_portrait.training.config import DataConfig, MotionStageConfig
 from rgbd_portrait.training.joint_objective import depth_trust, diffusion_target, latent_foreground, weighted_mse
+from rgbd_portrait.training.latent_cache import CachedLatents
 from rgbd_portrait.training.seeding import derive_seed, make_generator
 from rgbd_portrait.training.validation import VALIDATION_SEED, depth_panel, rgb_panel, write_grid
 
@@ -223,11 +224,53 @@ class ClipSamples(Dataset):
         return {name: item[name] for name in self.names}
 
 
+class FrameSamples(Dataset):
+    """Every frame of a `TalkingClipDataset` once, in `frame_entries` order: what the latent cache encodes."""
+
+    def __init__(self, clips: TalkingClipDataset):
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return len(self.clips.frame_entries)
+
+    def __getitem__(self, index: int) -> Batch:
+        sequence, entry = self.clips.frame_entries[index]
+        item = self.clips.sequences[sequence].frames.get(entry, epoch=0)
+        return {name: item[name] for name in ("rgb", "depth", "mask", "pseudo_depth", "depth_observed")}
+
+
+class LatentClipSamples(Dataset):
+    """Clips by (index, epoch) from cached frame latents (one `CachedLatents` of `FrameSamples` per part of the
+    mixture), with the same frames, reference and audio as `ClipSamples` serves in pixels."""
+
+    def __init__(self, frame_latents: list[CachedLatents], clips: TalkingClipDataset | TalkingClipMixture):
+        self.frame_latents = frame_latents
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, key: tuple[int, int]) -> Batch:
+        index, epoch = key
+        part, local = self.clips.locations[index] if isinstance(self.clips, TalkingClipMixture) else (0, index)
+        clips = self.clips.parts[part] if isinstance(self.clips, TalkingClipMixture) else self.clips
+        frames, reference = clips.frames_of(local, epoch=epoch)
+        latents = self.frame_latents[part]
+        return {
+            "rgb_latents": latents["rgb"][frames],
+            "depth_latents": latents["depth"][frames],
+            "foreground": latents["foreground"][frames],
+            "depth_observed": latents["depth_observed"][frames],
+            "pseudo_depth": latents["pseudo_depth"][frames],
+            "audio": torch.from_numpy(clips.audio_of(local)),
+            "reference_latents": latents["rgb"][reference],
+        }
+
+
 class MotionRecipe:
     name = "motion"
-    uses_latents = False
 
-    def __init__(self, model: RGBDPortraitModel, stage: MotionStageConfig):
+    def __init__(self, model: RGBDPortraitModel, stage: MotionStageConfig, *, uses_latents: bool = False):
         if model.motion is None:
             model.add_motion_layers(new_motion_layers(model, stage))
         motion = model.motion
@@ -245,6 +288,7 @@ class MotionRecipe:
         motion.requires_grad_(True)
         self.model = model
         self.stage = stage
+        self.uses_latents = uses_latents
         self.module = MotionTrainingModule(model)
         self.scheduler = model.make_scheduler()
         self.audio_features = make_audio_features(motion.config.audio_features, encoder_path=stage.layers.audio_encoder)
@@ -294,16 +338,21 @@ class MotionRecipe:
     @torch.no_grad()
     def _latents(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Clean latents (B, F, 2C, h, w), their foreground (B, F, 1, h, w), the reference latents, and the
-        depth loss weight of each latent cell (B, F, 1, h, w)."""
-        clips, frames = batch["rgb"].shape[:2]
-        codec = self.model.codec
-        clean = codec.encode_rgbd(batch["rgb"].flatten(0, 1), batch["depth"].flatten(0, 1))
-        latent_size = tuple(clean.shape[2:])
-        foreground = latent_foreground(batch["mask"].flatten(0, 1), latent_size)
-        observed = latent_foreground(batch["depth_observed"].flatten(0, 1), latent_size)
-        depth_weight = depth_trust(batch["pseudo_depth"].flatten(), observed, self.stage)
+        depth loss weight of each latent cell (B, F, 1, h, w); from cached latents when the recipe uses them."""
+        clips, frames = batch["pseudo_depth"].shape[:2]
         unflatten = lambda tensor: tensor.unflatten(0, (clips, frames))
-        reference_latents = codec.encode_rgb(batch["reference_rgb"])
+        if self.uses_latents:
+            clean = join_modalities(batch["rgb_latents"].flatten(0, 1), batch["depth_latents"].flatten(0, 1))
+            foreground, observed = batch["foreground"].flatten(0, 1), batch["depth_observed"].flatten(0, 1)
+            reference_latents = batch["reference_latents"]
+        else:
+            codec = self.model.codec
+            clean = codec.encode_rgbd(batch["rgb"].flatten(0, 1), batch["depth"].flatten(0, 1))
+            latent_size = tuple(clean.shape[2:])
+            foreground = latent_foreground(batch["mask"].flatten(0, 1), latent_size)
+            observed = latent_foreground(batch["depth_observed"].flatten(0, 1), latent_size)
+            reference_latents = codec.encode_rgb(batch["reference_rgb"])
+        depth_weight = depth_trust(batch["pseudo_depth"].flatten(), observed, self.stage)
         return unflatten(clean), unflatten(foreground), reference_latents, unflatten(depth_weight)
 
     def loss(self, module: nn.Module, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, Batch]:
@@ -326,7 +375,7 @@ class MotionRecipe:
             drop_reference=inputs.drop_reference,
             audio_windows=batch["audio"].flatten(0, 1),
             drop_audio=inputs.drop_audio,
-            reference_rgb=batch["reference_rgb"],
+            reference_rgb=batch.get("reference_rgb"),  # absent with cached latents, which a CLIP context rules out
         )
         return weighted_mse(prediction, inputs.target, inputs.loss_weights), {}
 

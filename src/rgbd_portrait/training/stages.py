@@ -48,7 +48,8 @@ def check_stage_settings(config: ExperimentConfig, model: RGBDPortraitModel, *, 
             f"the VAE's factor {factor}"
         )
     # A CLIP context embeds the reference image itself, which cached latents cannot give back.
-    if "joint" in config.train.stages and config.data.cache_latents and isinstance(model.context, ClipImageContext):
+    cached_stages = {"joint", "motion"} & set(config.train.stages)
+    if cached_stages and config.data.cache_latents and isinstance(model.context, ClipImageContext):
         raise UserInputError("data.cache_latents: the CLIP context needs the reference images; set it to false")
 
 

@@ -33,7 +33,8 @@ from torch.profiler import record_function
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from rgbd_portrait.data.dataset import PortraitDataset, PortraitMixture
+from rgbd_portrait.data.dataset import PortraitMixture
+from rgbd_portrait.data.sequence_dataset import TalkingClipDataset, TalkingClipMixture
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.files import write_bytes_atomically
 from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
@@ -56,9 +57,15 @@ from rgbd_portrait.training.data import (
     render_data_folder,
 )
 from rgbd_portrait.training.ema import ExponentialMovingAverage
-from rgbd_portrait.training.latent_cache import CachedLatents, build_latent_cache, cache_fingerprint
+from rgbd_portrait.training.latent_cache import (
+    CACHED_TENSORS,
+    FRAME_TENSORS,
+    CachedLatents,
+    build_latent_cache,
+    cache_fingerprint,
+)
 from rgbd_portrait.training.metrics_log import MetricsLogger
-from rgbd_portrait.training.motion_stage import MotionRecipe, check_motion_data
+from rgbd_portrait.training.motion_stage import FrameSamples, LatentClipSamples, MotionRecipe, check_motion_data
 from rgbd_portrait.training.optim import build_optimizer, load_optimizer_state, optimizer_state_to_files
 from rgbd_portrait.training.sampler import SampleStream, StreamBatchSampler
 from rgbd_portrait.training.seeding import derive_seed, make_generator
@@ -310,8 +317,22 @@ class Trainer:
         if not getattr(recipe, "uses_latents", False):
             return self._samples(recipe, train_set, training=True)
         # One cache per folder of a mixture: adding a folder encodes only that folder.
-        parts = train_set.parts if isinstance(train_set, PortraitMixture) else [train_set]
-        latents = [self._cached_latents(part, model) for part in parts]
+        parts = train_set.parts if isinstance(train_set, (PortraitMixture, TalkingClipMixture)) else [train_set]
+        if isinstance(recipe, MotionRecipe):
+            frames = [
+                self._cached_latents(FrameSamples(part), self._frame_names(part), part.resolution, model)
+                for part in parts
+            ]
+            return LatentClipSamples(frames, train_set)
+        latents = [
+            self._cached_latents(
+                _EpochZero(PixelSamples(part, with_backdrops=True)),
+                [f"{part.root}:{entry.key}" for entry in part.entries],
+                part.resolution,
+                model,
+            )
+            for part in parts
+        ]
         cached = latents[0] if len(parts) == 1 else CachedLatents.gather(latents, train_set.locations)
         return LatentSamples(
             cached,
@@ -320,16 +341,26 @@ class Trainer:
             seed=self.config.train.seed,
         )
 
-    def _cached_latents(self, dataset: PortraitDataset, model: RGBDPortraitModel) -> CachedLatents:
-        """The latents of one data folder, encoded into the cache unless they are there already."""
+    @staticmethod
+    def _frame_names(clips: TalkingClipDataset) -> list[str]:
+        return [
+            f"{clips.sequences[sequence].folder}:{clips.sequences[sequence].frames.entries[entry].key}"
+            for sequence, entry in clips.frame_entries
+        ]
+
+    def _cached_latents(
+        self, samples: Dataset, names: list[str], resolution: int, model: RGBDPortraitModel
+    ) -> CachedLatents:
+        """The latents of one data folder's `samples` (images, or video frames for `FrameSamples`), encoded into
+        the cache unless they are there already; `names` identify the samples."""
         data = self.config.data
-        names = [f"{dataset.root}:{entry.key}" for entry in dataset.entries]
-        fingerprint = cache_fingerprint(model.codec, names, dataset.resolution)
+        tensors = FRAME_TENSORS if isinstance(samples, FrameSamples) else CACHED_TENSORS
+        fingerprint = cache_fingerprint(model.codec, names, resolution, tensors)
         cache_root = Path(data.cache_dir) if data.cache_dir else self.folders.latent_cache
         directory = build_latent_cache(
             cache_root / fingerprint,
             codec=model.codec,
-            dataset=_EpochZero(PixelSamples(dataset, with_backdrops=True)),
+            dataset=samples,
             fingerprint=fingerprint,
             rank=self.rank,
             world_size=self.world_size,
@@ -337,6 +368,7 @@ class Trainer:
             batch_size=self.config.train.joint.batch_size,
             num_workers=data.num_workers,
             show_progress=self.show_progress and self.is_main,
+            tensors=tensors,
         )
         return CachedLatents.load(directory)
 
@@ -368,7 +400,7 @@ class Trainer:
         elif name == "joint":
             recipe = JointRecipe(model, stage, uses_latents=config.data.cache_latents)
         else:
-            recipe = MotionRecipe(model, stage)
+            recipe = MotionRecipe(model, stage, uses_latents=config.data.cache_latents)
             resolution, data = self._resolution(model), config.data
             train_set = recipe.clips(data, validation=False, resolution=resolution, seed=seed)
             validation_set = None
