@@ -1,6 +1,8 @@
 """Training speed: steps/s and samples/s of each stage, with and without latent caching.
 
     python benchmarks/bench_training.py                              # configs/tiny.yaml on this machine's CPU
+    python benchmarks/bench_training.py --config configs/default.yaml --stages motion --batch-size 4 \
+        --out benchmarks/results/training_speed_motion.md           # the motion stage, cached and not
     python benchmarks/bench_training.py --config configs/sd15.yaml --mixed-precision bf16 --batch-size 4 \
         --out benchmarks/results/training_speed_sd15.md           # on a GPU: adds peak memory
 
@@ -35,6 +37,8 @@ VARIANTS = (
     ("codec stage", "codec", []),
     ("joint stage, VAE encoding every step", "joint", ["data.cache_latents=false"]),
     ("joint stage, cached latents", "joint", ["data.cache_latents=true"]),
+    ("motion stage, VAE encoding every step", "motion", ["data.cache_latents=false"]),
+    ("motion stage, cached frame latents", "motion", ["data.cache_latents=true"]),
 )
 
 
@@ -91,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="existing data folder (default: render one)")
     parser.add_argument("--identities", type=int, default=12, help="identities of the rendered data set")
     parser.add_argument("--resolution", type=int, help="image side (default: the model's)")
-    parser.add_argument("--batch-size", type=int, default=8, help="per-process batch size")
+    parser.add_argument("--stages", default="codec,joint", help="stages measured, comma-separated (codec,joint,motion)")
+    parser.add_argument("--batch-size", type=int, default=8, help="per-process batch size (clips for motion)")
     parser.add_argument("--steps", type=int, default=10, help="measured steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="steps not measured")
     parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"))
@@ -99,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results/training_speed.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    stages = args.stages.split(",")
+    variants = [variant for variant in VARIANTS if variant[1] in stages]
+    if not variants:
+        parser.error(f"--stages {args.stages}: expected some of codec, joint, motion")
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-training-") as scratch:
@@ -107,7 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         if data_root is None:
             data_root = scratch / "studio"
             resolution = args.resolution or load_config(args.config).model.get("resolution", 128)
-            render_dataset(data_root, identities=args.identities, samples_per_identity=4, size=resolution, relights=0)
+            sequences = 2 if "motion" in stages else 0
+            render_dataset(
+                data_root,
+                identities=args.identities,
+                samples_per_identity=4,
+                size=resolution,
+                relights=0,
+                sequences=sequences,
+                val_fraction=0.0,
+                test_fraction=0.0,
+            )
         common = [
             f"data.root={data_root}",
             f"train.mixed_precision={args.mixed_precision}",
@@ -116,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resolution:
             common.append(f"data.resolution={args.resolution}")
         results = []
-        for index, (label, stage, overrides) in enumerate(VARIANTS):
+        for index, (label, stage, overrides) in enumerate(variants):
             run_overrides = [*common, *overrides, f"train.{stage}.batch_size={args.batch_size}"]
             result = measure(
                 args.config, run_overrides, stage, steps=args.steps, warmup=args.warmup, scratch=scratch / str(index)
