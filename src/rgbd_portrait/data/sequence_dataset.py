@@ -155,6 +155,13 @@ class TalkingClipDataset(Dataset):
         candidates = outside or sorted(sequence.position)
         return candidates[int(np.random.default_rng([self.seed, epoch, index]).integers(len(candidates)))]
 
+    def frame_keys(self) -> list[str]:
+        """A name for each frame of `frame_entries`: its sequence folder and frame folder."""
+        return [
+            f"{self.sequences[sequence].folder}:{self.sequences[sequence].frames.entries[entry].key}"
+            for sequence, entry in self.frame_entries
+        ]
+
     def _frame_numbers(self, clip: _Clip) -> list[int]:
         return list(range(clip.first_frame, clip.first_frame + self.clip_frames))
 

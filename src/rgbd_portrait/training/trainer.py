@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from rgbd_portrait.data.dataset import PortraitMixture
-from rgbd_portrait.data.sequence_dataset import TalkingClipDataset, TalkingClipMixture
+from rgbd_portrait.data.sequence_dataset import TalkingClipMixture
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.files import write_bytes_atomically
 from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
@@ -320,8 +320,7 @@ class Trainer:
         parts = train_set.parts if isinstance(train_set, (PortraitMixture, TalkingClipMixture)) else [train_set]
         if isinstance(recipe, MotionRecipe):
             frames = [
-                self._cached_latents(FrameSamples(part), self._frame_names(part), part.resolution, model)
-                for part in parts
+                self._cached_latents(FrameSamples(part), part.frame_keys(), part.resolution, model) for part in parts
             ]
             return LatentClipSamples(frames, train_set)
         latents = [
@@ -340,13 +339,6 @@ class Trainer:
             backdrop_fraction=_backdrop_fraction(recipe),
             seed=self.config.train.seed,
         )
-
-    @staticmethod
-    def _frame_names(clips: TalkingClipDataset) -> list[str]:
-        return [
-            f"{clips.sequences[sequence].folder}:{clips.sequences[sequence].frames.entries[entry].key}"
-            for sequence, entry in clips.frame_entries
-        ]
 
     def _cached_latents(
         self, samples: Dataset, names: list[str], resolution: int, model: RGBDPortraitModel
