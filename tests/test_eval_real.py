@@ -248,27 +248,22 @@ def test_kinect_depth_face_mesh_and_radial_rows_on_an_exact_cone(pipeline, rap3d
 
 
 def test_people_trained_on_are_left_out(pipeline, rap3df_dir, tmp_path):
-    results = evaluate_kinect_depth(
-        pipeline,
-        rap3df_dir,
-        options=FAST,
-        out_dir=tmp_path,
-        find_landmarks=ExactFaceMesh(),
-        exclude_people={"P2", "someone else"},
-        show_progress=False,
-    )
-    assert results["captures"] == 2 and results["scored"] == 2 and results["people_left_out"] == 1
-    assert results["without_face"] == [] and "1 people trained on left out" in format_kinect_depth(results)
-    with pytest.raises(UserInputError, match="every person's captures are left out"):
-        evaluate_kinect_depth(
+    def scored_without(people: set[str]) -> dict:
+        return evaluate_kinect_depth(
             pipeline,
             rap3df_dir,
             options=FAST,
             out_dir=tmp_path,
             find_landmarks=ExactFaceMesh(),
-            exclude_people={"P1", "P2"},
+            exclude_people=people,
             show_progress=False,
         )
+
+    results = scored_without({"P2", "someone else"})
+    assert results["captures"] == 2 and results["scored"] == 2 and results["people_left_out"] == 1
+    assert results["without_face"] == [] and "1 people trained on left out" in format_kinect_depth(results)
+    with pytest.raises(UserInputError, match="every person's captures are left out"):
+        scored_without({"P1", "P2"})
 
 
 def test_trained_people_are_the_train_and_val_identities_of_a_prepared_set(real_faces_dir):

@@ -320,7 +320,8 @@ class Trainer:
         parts = train_set.parts if isinstance(train_set, (PortraitMixture, TalkingClipMixture)) else [train_set]
         if isinstance(recipe, MotionRecipe):
             frames = [
-                self._cached_latents(FrameSamples(part), part.frame_keys(), part.resolution, model) for part in parts
+                self._cached_latents(FrameSamples(part), part.frame_keys(), part.resolution, model, FRAME_TENSORS)
+                for part in parts
             ]
             return LatentClipSamples(frames, train_set)
         latents = [
@@ -329,6 +330,7 @@ class Trainer:
                 [f"{part.root}:{entry.key}" for entry in part.entries],
                 part.resolution,
                 model,
+                CACHED_TENSORS,
             )
             for part in parts
         ]
@@ -341,12 +343,11 @@ class Trainer:
         )
 
     def _cached_latents(
-        self, samples: Dataset, names: list[str], resolution: int, model: RGBDPortraitModel
+        self, samples: Dataset, names: list[str], resolution: int, model: RGBDPortraitModel, tensors: tuple[str, ...]
     ) -> CachedLatents:
-        """The latents of one data folder's `samples` (images, or video frames for `FrameSamples`), encoded into
-        the cache unless they are there already; `names` identify the samples."""
+        """The `tensors` of one data folder's `samples` (images, or video frames), encoded into the cache unless
+        they are there already; `names` identify the samples."""
         data = self.config.data
-        tensors = FRAME_TENSORS if isinstance(samples, FrameSamples) else CACHED_TENSORS
         fingerprint = cache_fingerprint(model.codec, names, resolution, tensors)
         cache_root = Path(data.cache_dir) if data.cache_dir else self.folders.latent_cache
         directory = build_latent_cache(
