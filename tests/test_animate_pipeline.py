@@ -236,3 +236,55 @@ def test_bad_inputs_fail_before_loading_and_leave_nothing(files, pipeline, tmp_p
         )
     assert windows_done
     assert not list(tmp_path.glob("*out*"))
+
+
+def test_mouth_only_keeps_the_photo_outside_the_mouth_box(files, pipeline, monkeypatch):
+    from rgbd_portrait.data.face_regions import JAW_OUTLINE, SUBNASALE
+
+    # A face mesh whose mouth box (rows 10–12.5, columns 4.5–10.5 px) covers latent rows 5–6, columns 2–5.
+    landmarks = np.zeros((478, 3))
+    landmarks[list(JAW_OUTLINE), :2] = [[5.0, 12.0], [10.0, 12.0]] * (len(JAW_OUTLINE) // 2) + [[7.5, 12.0]]
+    landmarks[SUBNASALE, :2] = [7.5, 10.0]
+    monkeypatch.setattr(pipeline.face_centres, "landmarks", lambda pixels: landmarks)
+    backbone_inputs = []
+    hook = pipeline.model.backbone.register_forward_pre_hook(
+        lambda module, args: backbone_inputs.append(args[0].detach())
+    )
+    try:
+        output = _quietly(
+            animate,
+            pipeline,
+            files / "portrait.png",
+            files / "speech.wav",
+            seconds=0.32,
+            guidance_scale=1.0,
+            num_inference_steps=1,
+            mouth_only=True,
+            output_type="pt",
+            generator=torch.Generator(),
+        )
+    finally:
+        hook.remove()
+    assert output.rgb.shape == (8, 3, SIDE, SIDE)
+    channels = pipeline.model.latent_channels
+    mouth = torch.zeros(SIDE // 2, SIDE // 2, dtype=torch.bool)
+    mouth[5:7, 2:6] = True
+    reference_latents = None
+    for window in backbone_inputs[pipeline.model.settings.depth_steps :]:
+        masks = window[:, -2:]
+        # The known frame(s) from before are whole; every generated frame is known outside the mouth only.
+        generated = masks.amin(dim=(1, 2, 3)) == 0
+        assert (masks[generated][:, :, mouth] == 0).all() and (masks[generated][:, :, ~mouth] == 1).all()
+        known = window[generated, 2 * channels : 4 * channels]
+        reference_latents = known[:1] if reference_latents is None else reference_latents
+        assert torch.allclose(known[:, :, ~mouth], reference_latents[:, :, ~mouth].expand_as(known[:, :, ~mouth]))
+    # The reference's image latents are what stays still.
+    reference = pipeline._fit_images(
+        pipeline._read_image_with_masks(files / "portrait.png", None)[0], SIDE, fit=None, center_on_face=True
+    )[1]
+    rgb_latents = pipeline._encode_rgb(reference)
+    assert torch.allclose(reference_latents[:, :channels, ~mouth], rgb_latents[:, :, ~mouth], atol=1e-5)
+
+    monkeypatch.setattr(pipeline.face_centres, "landmarks", lambda pixels: None)
+    with pytest.raises(UserInputError, match="mouth_only: no face found"):
+        _quietly(animate, pipeline, files / "portrait.png", files / "speech.wav", seconds=0.2, mouth_only=True)

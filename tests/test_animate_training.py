@@ -3,6 +3,7 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
@@ -197,3 +198,58 @@ def test_dynamic_loss_weight_favours_the_cells_that_change():
     moving = weights[0, :, :, 1, 2]
     assert (moving > 1).all() and torch.allclose(weights[0].mean(), torch.tensor(4.0))  # 1 + 3 on average
     assert torch.allclose(weights[0].sum(dim=(2, 3)) - moving, torch.full((4, 8), 15.0))
+
+
+def test_mouth_inpainting_knows_the_generated_frames_outside_the_mouth_box_only():
+    scheduler = DDPMScheduler(prediction_type="v_prediction")
+    plain = dataclasses.replace(MotionStageConfig(), clip_frames=3, motion_frames=1, motion_frames_dropout=0.0)
+    inpainting = dataclasses.replace(plain, mouth_inpainting=1.0)
+    clean = torch.randn(2, 3, 8, 4, 4)
+    foreground = torch.ones(2, 3, 1, 4, 4)
+    # 32-px frames, 8-px latent cells: the first clip's box covers rows 2-3 and columns 1-2; the second has none.
+    boxes = torch.tensor([[17.0, 30.0, 9.0, 20.0], [float("nan")] * 4])
+    draw = lambda stage, mouth_boxes: make_clip_inputs(
+        clean,
+        foreground,
+        scheduler=scheduler,
+        stage=stage,
+        generator=torch.Generator().manual_seed(0),
+        mouth_boxes=mouth_boxes,
+        side=32,
+    )
+    without, inpainted = draw(plain, boxes), draw(inpainting, boxes)
+    # Off (the default), the boxes change nothing, not even the random draws.
+    reference = draw(plain, None)
+    assert torch.equal(without.masks, reference.masks) and torch.equal(without.noisy, reference.noisy)
+    masks = inpainted.masks.view(2, 3, 2, 4, 4)
+    mouth = torch.zeros(4, 4, dtype=torch.bool)
+    mouth[2:4, 1:3] = True
+    assert (masks[:, 0] == 1).all()  # motion frames stay whole
+    assert (masks[0, 1:, :, mouth] == 0).all() and (masks[0, 1:, :, ~mouth] == 1).all()
+    assert (masks[1, 1:] == 0).all()  # no landmarks: generated whole
+    weights = inpainted.loss_weights.view(2, 3, 8, 4, 4)
+    assert (weights[0, 1:, :, mouth] == 1).all() and (weights[0, 1:, :, ~mouth] == 0).all()
+    assert (weights[1, 1:] == 1).all()
+
+
+def test_the_clip_mouth_box_spans_its_frames_landmarks(tmp_path):
+    from rgbd_portrait.data.audio import LogMelFeatures
+    from rgbd_portrait.data.face_regions import JAW_OUTLINE, SUBNASALE, mouth_box
+    from rgbd_portrait.data.sequence_dataset import TalkingClipDataset
+
+    landmarks = np.zeros((478, 3))
+    landmarks[list(JAW_OUTLINE), :2] = [[4.0, 10.0], [12.0, 12.0]] * (len(JAW_OUTLINE) // 2) + [[8.0, 13.0]]
+    landmarks[SUBNASALE, :2] = [8.0, 9.0]
+    box = mouth_box(landmarks)
+    # From below the nose (row 9) to a quarter of nose-to-chin below the chin (13 + 1), the jaw's width ± 0.8.
+    assert box == pytest.approx([9.0, 14.0, 3.2, 12.8])
+    folder = tmp_path / "seq"
+    write_fake_sequence(folder, identity="a", split="train", seconds=0.2, frame_meta={"face_landmarks": landmarks.tolist()})
+    faceless = tmp_path / "faceless"
+    write_fake_sequence(faceless, identity="b", split="train", seconds=0.2)
+    features = LogMelFeatures(n_mels=8)
+    # Read at twice the stored 16 px, the box scales about the pixel centres.
+    clips = TalkingClipDataset(folder, audio_features=features, resolution=32, clip_frames=3)
+    assert clips.mouth_box_of(0) == pytest.approx((box + 0.5) * 2 - 0.5)
+    assert torch.equal(clips[0]["mouth_box"], torch.from_numpy(clips.mouth_box_of(0)))
+    assert np.isnan(TalkingClipDataset(faceless, audio_features=features, clip_frames=3).mouth_box_of(0)).all()

@@ -36,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_false",
         help="generate the first window from the reference's features alone, instead of following on from the photo",
     )
+    parser.add_argument(
+        "--mouth-only",
+        action="store_true",
+        help="keep the photo as it is outside the mouth and jaw and generate only them (needs MediaPipe)",
+    )
     parser.add_argument("--point-clouds", action="store_true", help="also write point_clouds/NNNNNN.ply per frame")
     parser.add_argument(
         "--audio-encoder", help="local speech-encoder folder, for a model trained on wav2vec2-like features"
@@ -66,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         window_frames=args.window,
         motion_frames=args.motion_frames,
         start_from_reference=args.start_from_reference,
+        mouth_only=args.mouth_only,
         audio_encoder=args.audio_encoder,
         **options,
     )

@@ -46,6 +46,11 @@ class SampleEntry:
             return self.source.read(extras=False)
         return read_sample(self.source, extras=False)
 
+    def read_meta(self) -> dict[str, Any]:
+        if isinstance(self.source, ShardedSample):
+            return self.source.read_meta()
+        return read_meta(self.source)
+
 
 def _entry(key: str, meta: dict[str, Any], source: Path | ShardedSample) -> SampleEntry:
     # A sample without an identity is its own identity; without a split it is training data.

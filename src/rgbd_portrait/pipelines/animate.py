@@ -17,6 +17,11 @@ window, too, starts from a known frame: the reference itself, with the depth ima
 that the video follows on from the photo. Memory is that of one window whatever the audio's length, and time
 grows linearly with it.
 
+With `mouth_only`, every generated frame keeps the photo's latents (both modalities) outside the lower face,
+known to the backbone as in channel-wise inpainting, and only the mouth and jaw are generated: the video is the
+photographed person, still except for the speaking mouth. The region comes from the reference's face mesh
+(`rgbd_portrait.data.face_regions`).
+
 Every frame of a window reads the same reference features, computed once per call; each frame hears its own
 audio window (`rgbd_portrait.data.audio`). Classifier-free guidance drops the reference and the audio together
 in the unconditional branch (the motion stage trains that case).
@@ -36,6 +41,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from rgbd_portrait.data.audio import AudioTrack, audio_windows, load_audio, make_audio_features
+from rgbd_portrait.data.face_regions import box_cells, mouth_box
 from rgbd_portrait.data.image_io import to_uint8_rgb
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models.layout import join_modalities, split_modalities
@@ -187,6 +193,8 @@ def sample_clip(
     scheduler: SchedulerMixin,
     num_inference_steps: int,
     motion_latents: torch.Tensor | None = None,
+    still_latents: torch.Tensor | None = None,
+    still_mask: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -194,6 +202,8 @@ def sample_clip(
 
     `reference` holds the features of that one reference (from `model.encode_reference`), `audio` (F, 2r + 1, D)
     each frame's audio window; `motion_latents` (M, 2C, h, w), if given, are the clip's first M frames, known.
+    `still_latents` (1, 2C, h, w), with `still_mask` (h, w) bool, are known in every other frame where the mask
+    is set (the rest of the frame is generated).
     """
     motion = model.motion
     count = audio.shape[0]
@@ -209,6 +219,9 @@ def sample_clip(
     shape = (count, 2 * model.latent_channels, *reference.latent_size)
     known = torch.zeros(shape, device=device, dtype=dtype)
     known_mask = torch.zeros_like(known)
+    if still_latents is not None:
+        known[given:] = still_latents
+        known_mask[given:] = still_mask.to(device, dtype)
     if given:
         known[:given] = motion_latents
         known_mask[:given] = 1.0
@@ -264,6 +277,7 @@ def iter_animation(
     num_inference_steps: int | None = None,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     start_from_reference: bool = True,
+    mouth_only: bool = False,
     generator: torch.Generator | None = None,
     show_progress: bool = True,
 ) -> Iterator[AnimationChunk]:
@@ -274,6 +288,9 @@ def iter_animation(
     with False, the first window generates every frame from the reference features alone. On real speakers it
     lowers the first frame's drift from the photo from 0.78–0.81 to 0.63–0.64 and the frame-to-frame depth change
     from 4.5–5.0× to 3.3–3.7× the truth's (docs/animate.md). Needs motion frames.
+
+    `mouth_only`: generate only the mouth and jaw (`face_regions.mouth_box` of the reference's face mesh); the
+    rest of every frame is the photo's latents and predicted depth. Needs a face in the reference and MediaPipe.
     """
     model, motion = pipeline.model, _motion_layers(pipeline)
     steps = num_inference_steps or model.default_steps
@@ -287,10 +304,24 @@ def iter_animation(
     if pipeline._offload_device is not None:
         # The motion layers are small and run inside the backbone's calls: they stay on the compute device.
         motion.to(pipeline._offload_device)
+    landmarks = None
+    if mouth_only:
+        landmarks = pipeline.face_centres.landmarks(prepared.reference.permute(1, 2, 0).numpy())
+        if landmarks is None:
+            raise UserInputError(
+                "mouth_only: no face found in the reference (or MediaPipe is not installed); it needs the face mesh"
+            )
     previous: torch.Tensor | None = None  # clean latents of the last frames generated (or of the reference)
+    still_latents = still_mask = None
     # Either branch runs the reference net once: the only run of the call.
-    if start_from_reference and motion_frames:
-        previous, reference = reference_frame_latents(pipeline, prepared.reference, generator=generator)
+    if (start_from_reference and motion_frames) or mouth_only:
+        reference_latents, reference = reference_frame_latents(pipeline, prepared.reference, generator=generator)
+        if start_from_reference and motion_frames:
+            previous = reference_latents
+        if mouth_only:
+            still_latents = reference_latents
+            box = torch.from_numpy(mouth_box(landmarks))
+            still_mask = ~box_cells(box, reference.latent_size, prepared.reference.shape[-1])
     else:
         reference = pipeline._encode_reference(prepared.reference[None])
     total = prepared.frame_count
@@ -309,6 +340,8 @@ def iter_animation(
                 scheduler=pipeline.scheduler,
                 num_inference_steps=steps,
                 motion_latents=previous[-given:] if given else None,
+                still_latents=still_latents,
+                still_mask=still_mask,
                 guidance_scale=guidance_scale,
                 generator=generator,
             )
@@ -339,6 +372,7 @@ def animate(
     num_inference_steps: int | None = None,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     start_from_reference: bool = True,
+    mouth_only: bool = False,
     resolution: int | None = None,
     fit: str | None = None,
     center_on_face: bool = True,
@@ -370,6 +404,7 @@ def animate(
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             start_from_reference=start_from_reference,
+            mouth_only=mouth_only,
             generator=generator,
             show_progress=not pipeline._progress_bar_config.get("disable", False),
         )

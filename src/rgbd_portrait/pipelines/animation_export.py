@@ -203,6 +203,7 @@ def run_animate(
     num_inference_steps: int | None = None,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     start_from_reference: bool = True,
+    mouth_only: bool = False,
     resolution: int | None = None,
     fit: str | None = None,
     center_on_face: bool = True,
@@ -237,6 +238,7 @@ def run_animate(
         "num_inference_steps": num_inference_steps or pipeline.model.default_steps,
         "guidance_scale": guidance_scale,
         "start_from_reference": start_from_reference,
+        "mouth_only": mouth_only,
     }
     record = {"task": "animate", "reference": str(reference), "audio": str(audio), "seed": seed, **options}
     writer = AnimationWriter(

@@ -234,6 +234,11 @@ class FaceCentres:
         x, y, width, height = face.box
         return x + width / 2.0, y + height / 2.0
 
+    def landmarks(self, pixels: np.ndarray) -> np.ndarray | None:
+        """The largest face's 478 face-mesh landmarks (x, y, z) in image pixels, or None."""
+        face = self._largest_face(pixels)
+        return None if face is None else face.landmarks
+
     def framing(self, pixels: np.ndarray) -> tuple[float, float, float] | None:
         """(centre x, centre y, side) of the upright square holding the face as in `prepare`'s crops."""
         face = self._largest_face(pixels)

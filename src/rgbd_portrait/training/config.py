@@ -199,6 +199,10 @@ class MotionStageConfig(StageConfig):
     # joint stage (`JointStageConfig.pseudo_depth_weight`).
     pseudo_depth_weight: float = 1.0
     extrapolated_depth_weight: float = 1.0
+    # Share of the clips with face landmarks (prepared videos) whose frames are known outside the mouth region
+    # (`rgbd_portrait.data.face_regions`): the model learns to fill in the speaking mouth, as mouth-only
+    # animation asks of it.
+    mouth_inpainting: float = 0.0
     # Train the backbone, reference net and context too (by default only the motion layers train).
     train_image_layers: bool = False
     validation_inference_steps: int | None = None
@@ -435,7 +439,7 @@ def _check_motion_stage(motion: MotionStageConfig, source: str) -> None:
         f"train.motion: need 0 <= motion_frames < clip_frames <= layers.max_frames, got {motion.motion_frames}, "
         f"{motion.clip_frames}, {motion.layers.max_frames}",
     )
-    for name in ("motion_frames_dropout", "reference_dropout", "audio_dropout", "condition_dropout"):
+    for name in ("motion_frames_dropout", "reference_dropout", "audio_dropout", "condition_dropout", "mouth_inpainting"):
         value = getattr(motion, name)
         _require(0.0 <= value <= 1.0, source, f"train.motion.{name} must be in [0, 1], got {value}")
     for name in ("background_loss_weight", "dynamic_loss_weight", "pseudo_depth_weight", "extrapolated_depth_weight"):

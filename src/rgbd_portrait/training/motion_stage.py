@@ -14,7 +14,10 @@ For a batch of B clips of F frames the objective draws, from one seeded generato
   noisy latents the clean ones noised like the others, no loss), as the sampler gives the last frames of the
   previous window; a clip has none with probability `motion_frames_dropout` (the first window);
 * per-condition dropout for guidance: the reference with `reference_dropout`, the audio with `audio_dropout`,
-  and both with `condition_dropout` (the unconditional branch of `rgbd_portrait.pipelines.animate`).
+  and both with `condition_dropout` (the unconditional branch of `rgbd_portrait.pipelines.animate`);
+* mouth inpainting: a share `mouth_inpainting` of the clips whose frames have face landmarks are known outside
+  their mouth region on the generated frames too (`rgbd_portrait.data.face_regions`; masks 1 there, no loss),
+  as mouth-only animation gives the photo: the model learns to fill in the speaking mouth.
 
 The loss is the joint stage's weighted MSE (ε, v or x0 target) over the generated frames, optionally weighted
 up where the clip changes (`dynamic_loss_weight`): the mouth covers a few latent cells of a mostly still head,
@@ -35,11 +38,12 @@ from torch.utils.data import Dataset
 
 from rgbd_portrait.data.audio import LogMelFeatures, Wav2Vec2Features, make_audio_features
 from rgbd_portrait.data.depth_normalization import to_unit_range
+from rgbd_portrait.data.face_regions import box_cells
 from rgbd_portrait.data.sample_format import read_meta
 from rgbd_portrait.data.sequence_dataset import TalkingClipDataset, TalkingClipMixture, find_sequences
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models.context import ClipImageContext
-from rgbd_portrait.models.layout import join_modalities, task_masks
+from rgbd_portrait.models.layout import expand_masks, join_modalities, task_masks
 from rgbd_portrait.models.motion import MotionLayers
 from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
 from rgbd_portrait.pipelines.animate import sample_clip
@@ -156,11 +160,15 @@ def make_clip_inputs(
     stage: MotionStageConfig,
     generator: torch.Generator,
     depth_weight: torch.Tensor | None = None,
+    mouth_boxes: torch.Tensor | None = None,
+    side: int | None = None,
 ) -> ClipInputs:
     """Draw timesteps, noise, motion frames and condition dropout for clean latents (B, F, 2C, h, w).
 
     `foreground` (B, F, 1, h, w) is `latent_foreground` of the frames' masks; `generator` lives on the device;
     `depth_weight` (B, F, 1, h, w), e.g. `depth_trust` of the frames, scales the depth channels' loss (None: 1).
+    `mouth_boxes` (B, 4), the clips' `mouth_box` in pixels of `side`-pixel frames (NaN: none), let a share
+    `stage.mouth_inpainting` of the clips with one be known outside it on their generated frames.
     """
     clips, frames = clean.shape[:2]
     device = clean.device
@@ -179,15 +187,23 @@ def make_clip_inputs(
     height, width = flat.shape[2:]
     masks = task_masks("joint", batch_size=flat.shape[0], height=height, width=width, device=device, dtype=flat.dtype)
     masks[given] = 1.0
+    if stage.mouth_inpainting and mouth_boxes is not None:
+        # Drawn only when asked for, so runs without it keep their random stream.
+        chosen = torch.rand(clips, generator=generator, device=device) < stage.mouth_inpainting
+        chosen &= mouth_boxes.isfinite().all(dim=1).to(device)
+        outside = ~box_cells(mouth_boxes.to(device), (height, width), side)  # (B, h, w)
+        still = (chosen[:, None] & ~given.view(clips, frames)).flatten()
+        masks[still] = outside.repeat_interleave(frames, dim=0)[still, None].to(masks.dtype).expand(-1, 2, -1, -1)
     background = stage.background_loss_weight
     spatial = background + (1.0 - background) * foreground.flatten(0, 1).to(flat.dtype)
     if stage.dynamic_loss_weight:
         spatial = spatial * (1.0 + stage.dynamic_loss_weight * clip_change(clean).flatten(0, 1))
-    loss_weights = (~given).to(flat.dtype).view(-1, 1, 1, 1) * spatial.expand_as(flat)
+    # No loss where a frame is known: on motion frames, and outside the mouth of mouth-inpainting clips.
+    latent_channels = flat.shape[1] // 2
+    loss_weights = expand_masks(1.0 - masks, latent_channels) * spatial.expand_as(flat)
     if depth_weight is not None:
-        depth_channels = flat.shape[1] // 2
         modality_weights = torch.cat([torch.ones_like(depth_weight), depth_weight.to(flat.dtype)], dim=2)
-        loss_weights = loss_weights * modality_weights.flatten(0, 1).repeat_interleave(depth_channels, dim=1)
+        loss_weights = loss_weights * modality_weights.flatten(0, 1).repeat_interleave(latent_channels, dim=1)
     return ClipInputs(
         noisy=scheduler.add_noise(flat, noise, timesteps),
         known=flat,
@@ -210,7 +226,7 @@ def clip_change(clean: torch.Tensor) -> torch.Tensor:
 class ClipSamples(Dataset):
     """Clips of a `TalkingClipDataset` or mixture by (index, epoch), tensors only (what a training step reads)."""
 
-    names = ("rgb", "depth", "mask", "pseudo_depth", "depth_observed", "audio", "reference_rgb")
+    names = ("rgb", "depth", "mask", "pseudo_depth", "depth_observed", "audio", "reference_rgb", "mouth_box")
 
     def __init__(self, clips: TalkingClipDataset | TalkingClipMixture):
         self.clips = clips
@@ -264,6 +280,7 @@ class LatentClipSamples(Dataset):
             "pseudo_depth": latents["pseudo_depth"][frames],
             "audio": torch.from_numpy(clips.audio_of(local)),
             "reference_latents": latents["rgb"][reference],
+            "mouth_box": torch.from_numpy(clips.mouth_box_of(local)),
         }
 
 
@@ -364,6 +381,8 @@ class MotionRecipe:
             stage=self.stage,
             generator=generator,
             depth_weight=depth_weight,
+            mouth_boxes=batch["mouth_box"],
+            side=clean.shape[-2] * self.model.codec.downscale_factor,
         )
         prediction = module(
             inputs.noisy,
