@@ -97,6 +97,17 @@ BENCHMARK_SEED = 12345  # identities of another seed than the training data's (0
 SCALING_SECONDS = (1.0, 2.0, 4.0, 8.0)
 REAL_SHEET_FRAMES = 2  # most closed and most open true mouths shown per real clip
 FIRST_WINDOW_GENERATED = "the first window generated from the reference features alone (--no-start-from-reference)"
+MOUTH_ONLY = "only the mouth box generated, the rest of every frame the reference's (--mouth-only)"
+
+
+def animation_options(args: argparse.Namespace) -> dict:
+    """The `iter_animation` options chosen on the command line."""
+    return {"start_from_reference": args.start_from_reference, "mouth_only": args.mouth_only}
+
+
+def describe_animation(args: argparse.Namespace) -> str:
+    start = "the reference is the first known frame" if args.start_from_reference else FIRST_WINDOW_GENERATED
+    return start + (f"; {MOUTH_ONLY}" if args.mouth_only else "")
 
 
 def correlation(first: np.ndarray, second: np.ndarray) -> float:
@@ -164,7 +175,7 @@ def build_model(args: argparse.Namespace) -> RGBDPortraitModel:
 
 
 def animate_sequence(
-    pipeline: RGBDPortraitPipeline, sequence: Path, *, steps: int, folder: Path, start_from_reference: bool = True
+    pipeline: RGBDPortraitPipeline, sequence: Path, *, steps: int, folder: Path, options: dict | None = None
 ) -> dict:
     meta = read_meta(sequence)
     samples = [read_sample(frame, extras=False) for frame in sequence_frames(sequence)]
@@ -174,9 +185,7 @@ def animate_sequence(
     write_rgb_png(reference, samples[0].rgb)
     prepared = prepare_animation(pipeline, reference, sequence / meta["audio"], fps=meta["fps"])
     frames = min(prepared.frame_count, len(true_depth))
-    generated_rgb, generated = _generate_clip(
-        pipeline, prepared, steps=steps, start_from_reference=start_from_reference
-    )
+    generated_rgb, generated = _generate_clip(pipeline, prepared, steps=steps, options=options)
     generated, generated_rgb = generated[:frames], generated_rgb[:frames]
     true_depth = true_depth[:frames]
     region = mouth_region(true_depth, head, np.asarray(meta["jaw_open"][:frames]))
@@ -264,16 +273,17 @@ def generate_clip(
     *,
     fps: float,
     steps: int,
-    start_from_reference: bool = True,
+    options: dict | None = None,
     cache: Path | None = None,
 ):
-    """Generated RGB (T, 3, S, S) and depth (T, S, S) in [0, 1] for a reference image and an audio file; with
-    `cache`, kept in that .npz file and read from it by a later run (rerunning the measures costs no sampling)."""
+    """Generated RGB (T, 3, S, S) and depth (T, S, S) in [0, 1] for a reference image and an audio file
+    (`options` go to `iter_animation`); with `cache`, kept in that .npz file and read from it by a later run
+    (rerunning the measures costs no sampling)."""
     if cache is not None and cache.is_file():
         stored = np.load(cache)
         return torch.from_numpy(stored["rgb"]), stored["depth"]
     prepared = prepare_animation(pipeline, reference, audio, fps=fps, center_on_face=False)
-    rgb, depth = _generate_clip(pipeline, prepared, steps=steps, start_from_reference=start_from_reference)
+    rgb, depth = _generate_clip(pipeline, prepared, steps=steps, options=options)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache.with_suffix(".tmp.npz"), rgb=rgb.numpy(), depth=depth)
@@ -281,16 +291,17 @@ def generate_clip(
     return rgb, depth
 
 
-def _generate_clip(pipeline: RGBDPortraitPipeline, prepared, *, steps: int, start_from_reference: bool = True):
-    """Every frame of a prepared animation: rgb (T, 3, H, W) and depth (T, H, W), seeded."""
+def _generate_clip(pipeline: RGBDPortraitPipeline, prepared, *, steps: int, options: dict | None = None):
+    """Every frame of a prepared animation: rgb (T, 3, H, W) and depth (T, H, W), seeded; `options` go to
+    `iter_animation`."""
     chunks = list(
         iter_animation(
             pipeline,
             prepared,
             num_inference_steps=steps,
-            start_from_reference=start_from_reference,
             generator=torch.Generator().manual_seed(0),
             show_progress=False,
+            **(options or {}),
         )
     )
     return torch.cat([chunk.rgb for chunk in chunks]), np.concatenate([chunk.depth[:, 0].numpy() for chunk in chunks])
@@ -367,7 +378,7 @@ def animate_real_clip(
     folder: Path,
     shuffled: bool,
     cache_folder: Path | None,
-    start_from_reference: bool = True,
+    options: dict | None = None,
 ) -> dict:
     """Every real-face measure of one clip (see the module docstring); `control` is the next clip."""
     reference = folder / f"{clip['name']}_reference.png"
@@ -379,7 +390,7 @@ def animate_real_clip(
         speaker["audio"],
         fps=clip["fps"],
         steps=steps,
-        start_from_reference=start_from_reference,
+        options=options,
         cache=cache_folder / f"{clip['name']}_{speaker['name']}.npz" if cache_folder else None,
     )
     generated_rgb, generated_depth = speak(clip)
@@ -458,7 +469,7 @@ def run_real_benchmark(args: argparse.Namespace, argv: list[str] | None, work: P
                 folder=work,
                 shuffled=args.shuffled_generation,
                 cache_folder=Path(args.cache) / Path(root).name if args.cache else None,
-                start_from_reference=args.start_from_reference,
+                options=animation_options(args),
             )
             for number, clip in enumerate(clips)
         ]
@@ -514,7 +525,7 @@ def run_real_benchmark(args: argparse.Namespace, argv: list[str] | None, work: P
             f"Command: `python benchmarks/bench_animate.py {arguments}`  ",
             f"Model: {source}; {model.resolution} px, {args.quality_steps} denoising steps, guidance 2, windows of "
             f"{model.motion.config.window_frames} frames with {model.motion.config.motion_frames} motion frames"
-            f"; {'the reference is the first known frame' if args.start_from_reference else FIRST_WINDOW_GENERATED}.  ",
+            f"; {describe_animation(args)}.  ",
             f"Machine: {platform.processor() or platform.machine()}, {args.threads} torch threads, torch "
             f"{torch.__version__}, CPU; load average {load_before:.1f} at the start and {load_after:.1f} at the end.",
             "",
@@ -556,6 +567,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="generate each video's first window from the reference's features alone (the animation's default "
         "starts from the reference as a known frame)",
+    )
+    parser.add_argument(
+        "--mouth-only",
+        action="store_true",
+        help="animate only the mouth and jaw, the rest of each frame the reference's (`animate --mouth-only`)",
     )
     parser.add_argument(
         "--shuffled-generation", action="store_true", help="also animate each clip with the next clip's audio"
@@ -602,9 +618,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str] | None, work: Path) 
             show_progress=False,
         )
     quality = [
-        animate_sequence(
-            pipeline, sequence, steps=args.quality_steps, folder=work, start_from_reference=args.start_from_reference
-        )
+        animate_sequence(pipeline, sequence, steps=args.quality_steps, folder=work, options=animation_options(args))
         for sequence in find_sequences(data)
     ]
     sheet = write_grid(mouth_sheet_path(args.out), [row for item in quality for row in item.pop("sheet_rows")])
