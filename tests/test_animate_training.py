@@ -244,7 +244,8 @@ def test_the_clip_mouth_box_spans_its_frames_landmarks(tmp_path):
     # From below the nose (row 9) to a quarter of nose-to-chin below the chin (13 + 1), the jaw's width ± 0.8.
     assert box == pytest.approx([9.0, 14.0, 3.2, 12.8])
     folder = tmp_path / "seq"
-    write_fake_sequence(folder, identity="a", split="train", seconds=0.2, frame_meta={"face_landmarks": landmarks.tolist()})
+    meta = {"face_landmarks": landmarks.tolist()}
+    write_fake_sequence(folder, identity="a", split="train", seconds=0.2, frame_meta=meta)
     faceless = tmp_path / "faceless"
     write_fake_sequence(faceless, identity="b", split="train", seconds=0.2)
     features = LogMelFeatures(n_mels=8)

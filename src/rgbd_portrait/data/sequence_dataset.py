@@ -171,7 +171,8 @@ class TalkingClipDataset(Dataset):
         """Clip `index`'s mouth region (4,): the union of its frames' `mouth_box`es, NaN if a frame has none."""
         clip = self.clips[index]
         sequence = self.sequences[clip.sequence]
-        boxes = self._frame_mouth_boxes(clip.sequence)[[sequence.position[frame] for frame in self._frame_numbers(clip)]]
+        positions = [sequence.position[frame] for frame in self._frame_numbers(clip)]
+        boxes = self._frame_mouth_boxes(clip.sequence)[positions]
         # NaN propagates through min and max: a clip with a frame without landmarks has no region.
         top, bottom, left, right = boxes.T
         return np.array([top.min(), bottom.max(), left.min(), right.max()], dtype=np.float32)

@@ -439,7 +439,8 @@ def _check_motion_stage(motion: MotionStageConfig, source: str) -> None:
         f"train.motion: need 0 <= motion_frames < clip_frames <= layers.max_frames, got {motion.motion_frames}, "
         f"{motion.clip_frames}, {motion.layers.max_frames}",
     )
-    for name in ("motion_frames_dropout", "reference_dropout", "audio_dropout", "condition_dropout", "mouth_inpainting"):
+    shares = ("motion_frames_dropout", "reference_dropout", "audio_dropout", "condition_dropout", "mouth_inpainting")
+    for name in shares:
         value = getattr(motion, name)
         _require(0.0 <= value <= 1.0, source, f"train.motion.{name} must be in [0, 1], got {value}")
     for name in ("background_loss_weight", "dynamic_loss_weight", "pseudo_depth_weight", "extrapolated_depth_weight"):
