@@ -288,3 +288,18 @@ def test_mouth_only_keeps_the_photo_outside_the_mouth_box(files, pipeline, monke
     monkeypatch.setattr(pipeline.face_centres, "landmarks", lambda pixels: None)
     with pytest.raises(UserInputError, match="mouth_only: no face found"):
         _quietly(animate, pipeline, files / "portrait.png", files / "speech.wav", seconds=0.2, mouth_only=True)
+
+
+def test_a_model_trained_for_the_mouth_animates_it_by_default_and_falls_back_without_a_face(files, monkeypatch):
+    pipe = RGBDPortraitPipeline.from_pretrained(files / "talking")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.model.motion.register_to_config(mouth_only=True)
+    asked = []
+    monkeypatch.setattr(pipe.face_centres, "landmarks", lambda pixels: asked.append(1))  # finds no face
+    options = dict(seconds=0.2, guidance_scale=1.0, num_inference_steps=1, generator=torch.Generator())
+    with pytest.warns(UserWarning, match="animating whole frames"):
+        animate(pipe, files / "portrait.png", files / "speech.wav", **options)
+    assert asked
+    asked.clear()
+    _quietly(animate, pipe, files / "portrait.png", files / "speech.wav", mouth_only=False, **options)
+    assert not asked  # whole frames asked for: no face mesh looked for

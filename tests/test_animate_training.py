@@ -15,7 +15,7 @@ from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models import RGBDPortraitModel
 from rgbd_portrait.models.testing import tiny_model_section
 from rgbd_portrait.training import load_config, train
-from rgbd_portrait.training.config import MotionStageConfig
+from rgbd_portrait.training.config import MotionLayersConfig, MotionStageConfig
 from rgbd_portrait.training.motion_stage import MotionRecipe, make_clip_inputs
 
 CLIP = 4
@@ -254,3 +254,12 @@ def test_the_clip_mouth_box_spans_its_frames_landmarks(tmp_path):
     assert clips.mouth_box_of(0) == pytest.approx((box + 0.5) * 2 - 0.5)
     assert torch.equal(clips[0]["mouth_box"], torch.from_numpy(clips.mouth_box_of(0)))
     assert np.isnan(TalkingClipDataset(faceless, audio_features=features, clip_frames=3).mouth_box_of(0)).all()
+
+
+def test_layers_trained_with_mouth_inpainting_default_to_mouth_only_animation(start_model):
+    layers = MotionLayersConfig(**STAGE["layers"])
+    stage = dataclasses.replace(MotionStageConfig(), clip_frames=CLIP, motion_frames=MOTION_FRAMES, layers=layers)
+    for share, expected in ((0.0, False), (0.5, True)):
+        model = RGBDPortraitModel.from_pretrained(start_model)
+        MotionRecipe(model, dataclasses.replace(stage, mouth_inpainting=share))
+        assert model.motion.config.mouth_only is expected

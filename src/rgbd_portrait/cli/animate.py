@@ -38,8 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--mouth-only",
-        action="store_true",
-        help="keep the photo as it is outside the mouth and jaw and generate only them (needs MediaPipe)",
+        action=argparse.BooleanOptionalAction,
+        help="keep the photo as it is outside the mouth and jaw and generate only them (needs MediaPipe); "
+        "default: the model's (the shipped one's: on)",
     )
     parser.add_argument("--point-clouds", action="store_true", help="also write point_clouds/NNNNNN.ply per frame")
     parser.add_argument(

@@ -108,7 +108,9 @@ class MotionLayers(ModelMixin, ConfigMixin):
     the audio features the layers read (`audio_features`: a spec of `rgbd_portrait.data.audio`, with
     `audio_feature_dim`) over ± `audio_radius` frames, projected to `audio_token_dim`; `fps` the frame rate they
     were trained at; `window_frames` and `motion_frames` the clips they were trained on, which sampling uses by
-    default (windows of that many frames, the first `motion_frames` of them given by the previous window).
+    default (windows of that many frames, the first `motion_frames` of them given by the previous window);
+    `mouth_only` whether animation generates only the mouth box by default (layers trained to fill it in,
+    `train.motion.mouth_inpainting`).
     """
 
     @register_to_config
@@ -127,6 +129,7 @@ class MotionLayers(ModelMixin, ConfigMixin):
         fps: float = DEFAULT_FPS,
         window_frames: int = 12,
         motion_frames: int = 2,
+        mouth_only: bool = False,
     ):
         super().__init__()
         if not len(layer_names) == len(layer_channels) == len(audio_layers):

@@ -277,7 +277,7 @@ def iter_animation(
     num_inference_steps: int | None = None,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     start_from_reference: bool = True,
-    mouth_only: bool = False,
+    mouth_only: bool | None = None,
     generator: torch.Generator | None = None,
     show_progress: bool = True,
 ) -> Iterator[AnimationChunk]:
@@ -291,6 +291,8 @@ def iter_animation(
 
     `mouth_only`: generate only the mouth and jaw (`face_regions.mouth_box` of the reference's face mesh); the
     rest of every frame is the photo's latents and predicted depth. Needs a face in the reference and MediaPipe.
+    None takes the model's default (`motion.config.mouth_only`, set by training with mouth inpainting), which
+    falls back to whole frames, with a warning, where no face is found.
     """
     model, motion = pipeline.model, _motion_layers(pipeline)
     steps = num_inference_steps or model.default_steps
@@ -305,12 +307,15 @@ def iter_animation(
         # The motion layers are small and run inside the backbone's calls: they stay on the compute device.
         motion.to(pipeline._offload_device)
     landmarks = None
-    if mouth_only:
+    if motion.config.mouth_only if mouth_only is None else mouth_only:
         landmarks = pipeline.face_centres.landmarks(prepared.reference.permute(1, 2, 0).numpy())
-        if landmarks is None:
+        if landmarks is None and mouth_only:  # asked for, not the model's default
             raise UserInputError(
                 "mouth_only: no face found in the reference (or MediaPipe is not installed); it needs the face mesh"
             )
+        if landmarks is None:
+            warnings.warn("no face mesh for the reference: animating whole frames, not the mouth only", stacklevel=2)
+    mouth_only = landmarks is not None
     previous: torch.Tensor | None = None  # clean latents of the last frames generated (or of the reference)
     still_latents = still_mask = None
     # Either branch runs the reference net once: the only run of the call.
@@ -372,7 +377,7 @@ def animate(
     num_inference_steps: int | None = None,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     start_from_reference: bool = True,
-    mouth_only: bool = False,
+    mouth_only: bool | None = None,
     resolution: int | None = None,
     fit: str | None = None,
     center_on_face: bool = True,

@@ -203,7 +203,7 @@ def run_animate(
     num_inference_steps: int | None = None,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     start_from_reference: bool = True,
-    mouth_only: bool = False,
+    mouth_only: bool | None = None,
     resolution: int | None = None,
     fit: str | None = None,
     center_on_face: bool = True,
@@ -238,7 +238,7 @@ def run_animate(
         "num_inference_steps": num_inference_steps or pipeline.model.default_steps,
         "guidance_scale": guidance_scale,
         "start_from_reference": start_from_reference,
-        "mouth_only": mouth_only,
+        "mouth_only": mouth_only,  # None: the model's default
     }
     record = {"task": "animate", "reference": str(reference), "audio": str(audio), "seed": seed, **options}
     writer = AnimationWriter(

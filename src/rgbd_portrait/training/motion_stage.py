@@ -296,8 +296,13 @@ class MotionRecipe:
                 f"train.motion.clip_frames: {stage.clip_frames} frames, the motion layers take at most "
                 f"{motion.config.max_frames}"
             )
-        # The checkpoint records the clips it was trained on: sampling uses them as its default window.
-        motion.register_to_config(window_frames=stage.clip_frames, motion_frames=stage.motion_frames)
+        # The checkpoint records the clips it was trained on (sampling uses them as its default window) and
+        # whether it learned to fill in the mouth (animation then generates only that by default).
+        motion.register_to_config(
+            window_frames=stage.clip_frames,
+            motion_frames=stage.motion_frames,
+            mouth_only=motion.config.mouth_only or stage.mouth_inpainting > 0,
+        )
         model.vae.requires_grad_(False)
         model.denoiser.requires_grad_(stage.train_image_layers)
         if isinstance(model.context, ClipImageContext) and not model.context.config.train_encoder:
