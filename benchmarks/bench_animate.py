@@ -251,6 +251,9 @@ def training_step_seconds(model: RGBDPortraitModel, config_path: str, repeats: i
         "rgb": torch.rand(clips, frames, 3, side, side, generator=generator) * 2 - 1,
         "depth": torch.rand(clips, frames, 1, side, side, generator=generator) * 2 - 1,
         "mask": torch.ones(clips, frames, 1, side, side),
+        "pseudo_depth": torch.zeros(clips, frames),  # exact depth, as the studio's
+        "depth_observed": torch.ones(clips, frames, 1, side, side),
+        "mouth_box": torch.full((clips, 4), float("nan")),  # no face landmarks, as the studio's
         "audio": torch.rand(clips, frames, model.motion.audio_window, model.motion.config.audio_feature_dim),
         "reference_rgb": torch.rand(clips, 3, side, side, generator=generator) * 2 - 1,
     }
