@@ -184,6 +184,7 @@ def test_cli_writes_videos_with_audio_depth_stack_and_point_clouds(files, capsys
     assert len(list((out / "point_clouds").glob("*.ply"))) == 10
     record = json.loads((out / "result.json").read_text())
     assert record["frames"] == 10 and record["fps"] == 25.0
+    assert record["mouth_only"] is False  # the tiny model's default: whole frames
     assert not [path for path in files.iterdir() if path.name.startswith(".result")]
     # The existing result is replaced only when asked.
     assert main(arguments) == 2

@@ -172,6 +172,26 @@ def prepare_animation(
     )
 
 
+def mouth_landmarks(
+    pipeline: RGBDPortraitPipeline, prepared: PreparedAnimation, mouth_only: bool | None
+) -> np.ndarray | None:
+    """The fitted reference's face mesh (478, 3) when only the mouth is to be animated, else None (whole frames).
+
+    `mouth_only` None takes the model's default (`motion.config.mouth_only`), which falls back to whole frames,
+    with a warning, where no face is found; True without a face found is a one-line error.
+    """
+    if not (_motion_layers(pipeline).config.mouth_only if mouth_only is None else mouth_only):
+        return None
+    landmarks = pipeline.face_centres.landmarks(prepared.reference.permute(1, 2, 0).numpy())
+    if landmarks is None and mouth_only:
+        raise UserInputError(
+            "mouth_only: no face found in the reference (or MediaPipe is not installed); it needs the face mesh"
+        )
+    if landmarks is None:
+        warnings.warn("no face mesh for the reference: animating whole frames, not the mouth only", stacklevel=3)
+    return landmarks
+
+
 def resolve_window(window_frames: int | None, motion_frames: int | None, motion: MotionLayers) -> tuple[int, int]:
     """The window and motion-frame counts to sample with (the model's where not given), checked."""
     window_frames = motion.config.window_frames if window_frames is None else window_frames
@@ -290,9 +310,8 @@ def iter_animation(
     from 4.5–5.0× to 3.3–3.7× the truth's (docs/animate.md). Needs motion frames.
 
     `mouth_only`: generate only the mouth and jaw (`face_regions.mouth_box` of the reference's face mesh); the
-    rest of every frame is the photo's latents and predicted depth. Needs a face in the reference and MediaPipe.
-    None takes the model's default (`motion.config.mouth_only`, set by training with mouth inpainting), which
-    falls back to whole frames, with a warning, where no face is found.
+    rest of every frame is the photo's latents and predicted depth. None takes the model's default, set by
+    training with mouth inpainting (see `mouth_landmarks`).
     """
     model, motion = pipeline.model, _motion_layers(pipeline)
     steps = num_inference_steps or model.default_steps
@@ -306,15 +325,7 @@ def iter_animation(
     if pipeline._offload_device is not None:
         # The motion layers are small and run inside the backbone's calls: they stay on the compute device.
         motion.to(pipeline._offload_device)
-    landmarks = None
-    if motion.config.mouth_only if mouth_only is None else mouth_only:
-        landmarks = pipeline.face_centres.landmarks(prepared.reference.permute(1, 2, 0).numpy())
-        if landmarks is None and mouth_only:  # asked for, not the model's default
-            raise UserInputError(
-                "mouth_only: no face found in the reference (or MediaPipe is not installed); it needs the face mesh"
-            )
-        if landmarks is None:
-            warnings.warn("no face mesh for the reference: animating whole frames, not the mouth only", stacklevel=2)
+    landmarks = mouth_landmarks(pipeline, prepared, mouth_only)
     mouth_only = landmarks is not None
     previous: torch.Tensor | None = None  # clean latents of the last frames generated (or of the reference)
     still_latents = still_mask = None

@@ -35,7 +35,13 @@ from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.files import replace_folder, temporary_folder_beside
 from rgbd_portrait.geometry.camera import unproject_relative_depth
 from rgbd_portrait.geometry.pointcloud import write_point_cloud
-from rgbd_portrait.pipelines.animate import AnimationChunk, iter_animation, prepare_animation, resolve_window
+from rgbd_portrait.pipelines.animate import (
+    AnimationChunk,
+    iter_animation,
+    mouth_landmarks,
+    prepare_animation,
+    resolve_window,
+)
 from rgbd_portrait.pipelines.export import RESULT_RECORD, check_destination
 from rgbd_portrait.pipelines.pipeline import DEFAULT_GUIDANCE_SCALE, RGBDPortraitPipeline
 
@@ -238,7 +244,8 @@ def run_animate(
         "num_inference_steps": num_inference_steps or pipeline.model.default_steps,
         "guidance_scale": guidance_scale,
         "start_from_reference": start_from_reference,
-        "mouth_only": mouth_only,  # None: the model's default
+        # As it will be animated: the model's default resolved, and whether a face was found for it.
+        "mouth_only": mouth_landmarks(pipeline, prepared, mouth_only) is not None,
     }
     record = {"task": "animate", "reference": str(reference), "audio": str(audio), "seed": seed, **options}
     writer = AnimationWriter(
