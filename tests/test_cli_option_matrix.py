@@ -152,7 +152,9 @@ def command_options(command: str) -> tuple[dict[str, tuple[str, ...]], dict[str,
     missing: list[str] = []
     for action in _varied_actions(command):
         name = _name(action)
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):  # a flag
+        if isinstance(action, argparse.BooleanOptionalAction):  # --flag and --no-flag, each against the default
+            variants[name] = [(option, (option,)) for option in action.option_strings]
+        elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):  # a flag
             if name in QUIET_FLAGS:
                 defaults[name] = (name,)
                 variants[name] = [(f"without {name}", ())]
