@@ -144,12 +144,12 @@ class ClipInputs:
 
     noisy: torch.Tensor  # (B·F, 2C, h, w)
     known: torch.Tensor  # (B·F, 2C, h, w) clean latents (the layout zeroes those of unknown modalities)
-    masks: torch.Tensor  # (B·F, 2, h, w) 1 on motion frames
+    masks: torch.Tensor  # (B·F, 2, h, w) 1 on motion frames, and outside the mouth box of mouth-inpainting clips
     timesteps: torch.Tensor  # (B·F,) one per clip, repeated
     drop_reference: torch.Tensor  # (B,) bool
     drop_audio: torch.Tensor  # (B·F,) bool
     target: torch.Tensor  # (B·F, 2C, h, w)
-    loss_weights: torch.Tensor  # (B·F, 2C, h, w) zero on motion frames
+    loss_weights: torch.Tensor  # (B·F, 2C, h, w) zero wherever the masks are 1
 
 
 def make_clip_inputs(
