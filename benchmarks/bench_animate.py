@@ -101,13 +101,13 @@ MOUTH_ONLY = "only the mouth box generated, the rest of every frame the referenc
 
 
 def animation_options(args: argparse.Namespace) -> dict:
-    """The `iter_animation` options chosen on the command line."""
+    """The `iter_animation` options chosen on the command line (explicit, so that a report says what ran)."""
     return {"start_from_reference": args.start_from_reference, "mouth_only": args.mouth_only}
 
 
 def describe_animation(args: argparse.Namespace) -> str:
     start = "the reference is the first known frame" if args.start_from_reference else FIRST_WINDOW_GENERATED
-    return start + (f"; {MOUTH_ONLY}" if args.mouth_only else "")
+    return start + (f"; {MOUTH_ONLY}" if args.mouth_only else "; whole frames generated, whatever the model's default")
 
 
 def correlation(first: np.ndarray, second: np.ndarray) -> float:
