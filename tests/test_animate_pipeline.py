@@ -66,6 +66,23 @@ def _quietly(function, *args, **kwargs):
         return function(*args, **kwargs)
 
 
+def _animate_recording_backbone(pipeline, files, **options):
+    """`animate` on the test portrait and speech, quietly, with the backbone's input of every call recorded."""
+    inputs = []
+    hook = pipeline.model.backbone.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()))
+    try:
+        output = _quietly(animate, pipeline, files / "portrait.png", files / "speech.wav", **options)
+    finally:
+        hook.remove()
+    return output, inputs
+
+
+def _reference_rgb_latents(pipeline, files):
+    """The RGB latents (1, C, h, w) of the test portrait fitted as animation fits its reference."""
+    images, _ = pipeline._read_image_with_masks(files / "portrait.png", None)
+    return pipeline._encode_rgb(pipeline._fit_images(images, SIDE, fit=None, center_on_face=True)[1])
+
+
 def test_windows_cover_long_audio_with_one_reference_pass_and_bounded_batches(files, pipeline):
     model = pipeline.model
     reference_runs, backbone_inputs = [], []
@@ -123,15 +140,8 @@ def test_animation_is_reproducible(files, pipeline):
 
 def test_by_default_the_reference_is_the_first_windows_known_frame(files, pipeline):
     model = pipeline.model
-    backbone_inputs = []
-    hook = model.backbone.register_forward_pre_hook(lambda module, args: backbone_inputs.append(args[0].detach()))
     options = dict(seconds=0.32, guidance_scale=1.0, num_inference_steps=1, output_type="pt")
-    try:
-        anchored = _quietly(
-            animate, pipeline, files / "portrait.png", files / "speech.wav", generator=torch.Generator(), **options
-        )
-    finally:
-        hook.remove()
+    anchored, backbone_inputs = _animate_recording_backbone(pipeline, files, generator=torch.Generator(), **options)
     plain = _quietly(
         animate,
         pipeline,
@@ -150,11 +160,8 @@ def test_by_default_the_reference_is_the_first_windows_known_frame(files, pipeli
     assert first_window.shape[0] == WINDOW
     masks = first_window[:, -2:].amax(dim=(2, 3))
     assert masks[0].eq(1).all() and not masks[1:].any()
-    reference = pipeline._fit_images(
-        pipeline._read_image_with_masks(files / "portrait.png", None)[0], SIDE, fit=None, center_on_face=True
-    )[1]
     known_rgb = first_window[0, 2 * channels : 3 * channels]
-    assert torch.allclose(known_rgb, pipeline._encode_rgb(reference)[0], atol=1e-5)
+    assert torch.allclose(known_rgb, _reference_rgb_latents(pipeline, files)[0], atol=1e-5)
     assert not torch.equal(anchored.rgb, plain.rgb)
 
 
@@ -247,25 +254,16 @@ def test_mouth_only_keeps_the_photo_outside_the_mouth_box(files, pipeline, monke
     landmarks[list(JAW_OUTLINE), :2] = [[5.0, 12.0], [10.0, 12.0]] * (len(JAW_OUTLINE) // 2) + [[7.5, 12.0]]
     landmarks[SUBNASALE, :2] = [7.5, 10.0]
     monkeypatch.setattr(pipeline.face_centres, "landmarks", lambda pixels: landmarks)
-    backbone_inputs = []
-    hook = pipeline.model.backbone.register_forward_pre_hook(
-        lambda module, args: backbone_inputs.append(args[0].detach())
+    output, backbone_inputs = _animate_recording_backbone(
+        pipeline,
+        files,
+        seconds=0.32,
+        guidance_scale=1.0,
+        num_inference_steps=1,
+        mouth_only=True,
+        output_type="pt",
+        generator=torch.Generator(),
     )
-    try:
-        output = _quietly(
-            animate,
-            pipeline,
-            files / "portrait.png",
-            files / "speech.wav",
-            seconds=0.32,
-            guidance_scale=1.0,
-            num_inference_steps=1,
-            mouth_only=True,
-            output_type="pt",
-            generator=torch.Generator(),
-        )
-    finally:
-        hook.remove()
     assert output.rgb.shape == (8, 3, SIDE, SIDE)
     channels = pipeline.model.latent_channels
     mouth = torch.zeros(SIDE // 2, SIDE // 2, dtype=torch.bool)
@@ -280,10 +278,7 @@ def test_mouth_only_keeps_the_photo_outside_the_mouth_box(files, pipeline, monke
         reference_latents = known[:1] if reference_latents is None else reference_latents
         assert torch.allclose(known[:, :, ~mouth], reference_latents[:, :, ~mouth].expand_as(known[:, :, ~mouth]))
     # The reference's image latents are what stays still.
-    reference = pipeline._fit_images(
-        pipeline._read_image_with_masks(files / "portrait.png", None)[0], SIDE, fit=None, center_on_face=True
-    )[1]
-    rgb_latents = pipeline._encode_rgb(reference)
+    rgb_latents = _reference_rgb_latents(pipeline, files)
     assert torch.allclose(reference_latents[:, :channels, ~mouth], rgb_latents[:, :, ~mouth], atol=1e-5)
 
     monkeypatch.setattr(pipeline.face_centres, "landmarks", lambda pixels: None)
