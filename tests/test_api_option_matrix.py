@@ -101,6 +101,7 @@ SAMPLE_VALUES = {
     ("render", "latents"): [("tensor requiring grad", _latents(2))],
     ("animate", "generator"): [("one", lambda folder: torch.Generator().manual_seed(1))],
     ("animate", "mouth_only"): [("True", lambda folder: True), ("False", lambda folder: False)],
+    ("predict_depth", "self_reference"): [("True", lambda folder: True), ("False", lambda folder: False)],
     "light": [
         ("left", lambda folder: "left"),
         ("lamp at azimuth 30, elevation 20", lambda folder: DirectionalLight.from_angles(30.0, 20.0)),

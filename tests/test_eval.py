@@ -94,6 +94,16 @@ def test_eval_command_writes_every_task_section(data_dir, model_dir, tmp_path, c
     assert "## Image → depth" in printed and str(out / "results.json") in printed
 
 
+def test_eval_command_passes_the_image_to_depth_reference_choice(data_dir, model_dir, tmp_path):
+    out = tmp_path / "results"
+    arguments = ["eval", "--model", str(model_dir), "--data", str(data_dir), "--out", str(out), "--limit", "2"]
+    assert main(arguments + ["--tasks", "image_to_depth", "--no-self-reference", "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["options"]["self_reference"] is False and results["command"].endswith("--no-self-reference")
+    assert results["model_settings"]["depth_self_reference"] is True
+    assert "ensemble with no reference, depth→image" in (out / "results.md").read_text()
+
+
 def test_eval_command_refuses_unknown_tasks_and_missing_data_before_loading(data_dir, tmp_path, capsys):
     missing_model = str(tmp_path / "no-model")
     assert main(["eval", "--model", missing_model, "--data", str(data_dir), "--tasks", "depth,speed"]) == 2

@@ -161,6 +161,7 @@ def test_saving_is_atomic_and_never_replaces_other_folders(saved, tmp_path, monk
         ({"scheduler": {"class_name": "NoSuchScheduler"}}, "not a diffusers scheduler"),
         ({"scheduler": {"beta_stat": 0.1}}, "DDIMScheduler does not take beta_stat"),
         ({"default_steps": 0}, "default_steps must be a positive integer"),
+        ({"depth_self_reference": "no"}, "depth_self_reference must be true or false, got 'no'"),
         ({"resolution": 15}, "not a multiple of the VAE's factor 2"),
         ({"pretrained": "somewhere"}, "pretrained excludes other model entries"),
         ({"backbone": None}, "backbone .* is required"),

@@ -49,6 +49,12 @@ def test_reference_changes_the_output_and_dropped_samples_ignore_it(model):
     assert (outputs[0][0] - outputs[1][0]).abs().max() > 1e-4
     assert (outputs[0][1] - without[1]).abs().max() < 1e-5
     assert (outputs[1][1] - without[1]).abs().max() < 1e-5
+    # No reference is a reference dropped everywhere, without running the reference net.
+    no_reference = model.no_reference(2, (8, 8), device=noisy.device)
+    assert no_reference.absent and no_reference.drop.all()
+    with torch.no_grad():
+        explicit = model.denoise(noisy, timesteps, known=known, task="joint", reference=no_reference)
+    assert torch.equal(explicit, without)
 
 
 @pytest.mark.parametrize("drop", [[False, True], [False, False]])

@@ -241,6 +241,26 @@ def test_relight_with_given_and_predicted_depth(pipe, reference_net_calls):
     assert predicted.latents.shape == (1, 8, SIDE // 2, SIDE // 2)
 
 
+def test_image_to_depth_without_self_reference_skips_the_reference_net(pipe, reference_net_calls, monkeypatch):
+    image = _image(seed=3)
+    referenced = pipe.predict_depth(image, generator=_generator(), output_type="np", **FAST)
+    assert len(reference_net_calls) == 1
+    unreferenced = pipe.predict_depth(image, self_reference=False, generator=_generator(), output_type="np", **FAST)
+    assert len(reference_net_calls) == 1
+    assert np.abs(unreferenced.depth - referenced.depth).max() > 1e-4
+    # The model's setting is the default, for image→depth and the depth relighting predicts.
+    monkeypatch.setattr(pipe.model.settings, "depth_self_reference", False)
+    by_default = pipe.predict_depth(image, generator=_generator(), output_type="np", **FAST)
+    np.testing.assert_array_equal(by_default.depth, unreferenced.depth)
+    pipe.relight(image, "left", generator=_generator(), output_type="np", **FAST)
+    assert len(reference_net_calls) == 1
+    # Regeneration still reads the input as its reference.
+    pipe.relight(image, "left", regenerate=True, generator=_generator(), output_type="np", **FAST)
+    assert len(reference_net_calls) == 2
+    with pytest.raises(UserInputError, match="give reference or self_reference, not both"):
+        pipe.predict_depth(image, reference=image, self_reference=True, **FAST)
+
+
 def test_cpu_offload_gives_the_same_result(model_dir):
     plain = RGBDPortraitPipeline.from_pretrained(model_dir)
     offloaded = RGBDPortraitPipeline.from_pretrained(model_dir)

@@ -80,6 +80,7 @@ def test_shipped_configs_load():
         (["train.joint.lr_schedule=linear"], "lr_schedule"),
         (["train.codec.batch_size=0"], "batch_size"),
         (["train.joint.image_to_depth_terminal_fraction=1.5"], "terminal_fraction"),
+        (["train.joint.image_to_depth_reference_dropout=-0.1"], "image_to_depth_reference_dropout"),
         (["seed"], "key=value"),
         (["data.root_weight=0"], "root_weight"),
         (["data.sources=[{root: x, weight: -1}]"], r"sources\[0\].weight"),
@@ -318,6 +319,28 @@ def test_training_curves_plot_every_logged_stage(tmp_path):
         assert image.format == "PNG" and image.width > image.height > 300
     with pytest.raises(FileNotFoundError, match="no stage has a training log"):
         plot_training_curves(tmp_path / "motion", tmp_path / "none.png")
+
+
+def test_image_to_depth_reference_dropout_drops_only_image_to_depth_references():
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction", rescale_betas_zero_snr=True)
+    clean = torch.randn(512, 8, 4, 4)
+    foreground = torch.ones(512, 1, 4, 4)
+
+    def draw(share):
+        stage = JointStageConfig(reference_dropout=0.1, image_to_depth_reference_dropout=share)
+        return make_diffusion_inputs(
+            clean, foreground, scheduler=scheduler, stage=stage, generator=torch.Generator().manual_seed(5)
+        )
+
+    plain, half = draw(0.0), draw(0.5)
+    assert plain.tasks == half.tasks
+    # Everything dropped before stays dropped; the extra drops are image→depth samples only.
+    assert (half.drop_reference | ~plain.drop_reference).all()
+    added = half.drop_reference & ~plain.drop_reference
+    image_to_depth = torch.tensor([task == Task.IMAGE_TO_DEPTH for task in half.tasks])
+    assert added.any() and not (added & ~image_to_depth).any()
+    kept = image_to_depth & ~plain.drop_reference
+    assert 0.35 < float(added[kept].float().mean()) < 0.65
 
 
 def test_terminal_fraction_moves_only_image_to_depth_samples_to_the_last_timestep():

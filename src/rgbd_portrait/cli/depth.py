@@ -26,6 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders of images")
     parser.add_argument("--mask", help="mask of the subject (white) for a single input image")
     parser.add_argument("--reference", help="reference image of the identity (default: each image itself)")
+    parser.add_argument(
+        "--self-reference",
+        action=argparse.BooleanOptionalAction,
+        help="without --reference, read each image as its own reference through the reference net, or use "
+        "none and skip that run (default: from the model)",
+    )
     parser.add_argument("--ensemble", type=int, help="predictions combined per image (default: from the model)")
     parser.add_argument("--guidance", type=float, default=1.0, help="guidance scale over the reference (default 1)")
     parser.add_argument(
@@ -52,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         export=export_options(args),
         progress=not args.no_progress,
         reference=args.reference,
+        self_reference=args.self_reference,
         ensemble_size=args.ensemble,
         guidance_scale=args.guidance,
         training_free=args.training_free,

@@ -78,6 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--steps", type=int, help="depth→image and generation steps (default: from the model)")
     group.add_argument("--depth-steps", type=int, help="image→depth steps (default: from the model)")
     group.add_argument("--ensemble", type=int, help="image→depth predictions per image (default: from the model)")
+    group.add_argument(
+        "--self-reference",
+        action=argparse.BooleanOptionalAction,
+        help="image→depth reads each image as its own reference, or none (default: from the model)",
+    )
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run, cpu_offload=False, vae_slicing=False)
 
@@ -95,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps,
         depth_steps=args.depth_steps,
         ensemble_size=args.ensemble,
+        self_reference=args.self_reference,
         training_free=args.training_free,
         joint_samples=args.seeds,
         speed_repeats=args.speed_repeats,
@@ -174,6 +180,8 @@ def _command(args: argparse.Namespace, options) -> str:
     ):
         if value is not None:
             words += [flag, str(value)]
+    if options.self_reference is not None:
+        words.append("--self-reference" if options.self_reference else "--no-self-reference")
     if options.training_free:
         words.append("--training-free")
     return shlex.join(words)

@@ -100,8 +100,8 @@ EXTRA_LABELS = {
 class EvaluationOptions:
     """What to evaluate and how. `None` settings use the model's defaults.
 
-    `steps` applies to depth→image and joint generation, `depth_steps` and `ensemble_size` to image→depth
-    (also inside relighting and geometry checks); `training_free` runs image→depth and depth→image by latent
+    `steps` applies to depth→image and joint generation, `depth_steps`, `ensemble_size` and `self_reference` to
+    image→depth (also inside relighting and geometry checks); `training_free` runs image→depth and depth→image by latent
     replacement on the joint task instead of the trained channel-wise tasks.
     """
 
@@ -113,6 +113,7 @@ class EvaluationOptions:
     steps: int | None = None
     depth_steps: int | None = None
     ensemble_size: int | None = None
+    self_reference: bool | None = None
     training_free: bool = False
     joint_samples: int = 2
     speed_repeats: int = 3
@@ -226,6 +227,7 @@ def predict_unit_depth(
         mask=None if masks is None else [mask.numpy() for mask in masks],
         num_inference_steps=options.depth_steps,
         ensemble_size=options.ensemble_size,
+        self_reference=options.self_reference,
         training_free=options.training_free,
         center_on_face=center_on_face,
         match_input_size=True,
@@ -706,6 +708,7 @@ def evaluate(
             "default_steps": settings.default_steps,
             "depth_steps": settings.depth_steps,
             "ensemble_size": settings.ensemble_size,
+            "depth_self_reference": settings.depth_self_reference,
         },
     }
     for task in options.tasks:
@@ -742,11 +745,15 @@ def _format_synthetic(results: Mapping[str, Any]) -> str:
     steps = options["steps"] or settings["default_steps"]
     depth_steps = options["depth_steps"] or settings["depth_steps"]
     ensemble = options["ensemble_size"] or settings["ensemble_size"]
+    self_reference = options.get("self_reference")
+    if self_reference is None:
+        self_reference = settings.get("depth_self_reference", True)
+    depth_reference = "the image as its own reference" if self_reference else "no reference"
     variant = "latent replacement (training-free)" if options["training_free"] else "channel-wise inpainting"
     lines = [
         f"Data: `{results['data']}`, split `{results['split']}`: {results['samples']} samples of "
         f"{results['identities']} identities. Device: {results['device']}. Model resolution "
-        f"{settings['resolution']} px; image→depth {depth_steps} steps × {ensemble} ensemble, depth→image and "
+        f"{settings['resolution']} px; image→depth {depth_steps} steps × {ensemble} ensemble with {depth_reference}, depth→image and "
         f"joint generation {steps} steps; conditioning: {variant}; seed {options['seed']}.",
         "",
     ]

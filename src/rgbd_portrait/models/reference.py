@@ -59,6 +59,11 @@ class ReferenceFeatures:
         self.any_dropped = bool(self.drop.any())
 
     @property
+    def absent(self) -> bool:
+        """True for the features of no reference (`RGBDPortraitModel.no_reference`): there are no tokens to read."""
+        return not self.bank
+
+    @property
     def batch_size(self) -> int:
         return self.drop.shape[0]
 
@@ -175,7 +180,7 @@ class ReferenceReadProcessor:
         reference: ReferenceFeatures | None = None,
     ) -> torch.Tensor:
         _check_plain_self_attention(attn, hidden_states, attention_mask, self.layer_name)
-        if reference is None or not reference.bank:
+        if reference is None or reference.absent:
             return _attention(attn, hidden_states)
         if self.layer_name not in reference.bank:
             raise ValueError(f"{self.layer_name}: no reference features for this layer")

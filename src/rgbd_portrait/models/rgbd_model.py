@@ -27,6 +27,7 @@ settings::
     resolution: 512               # default: the UNet's sample_size × the VAE's downscale factor
     depth_steps: 4                # image→depth; default: 4 with trailing timesteps, else default_steps
     ensemble_size: 1              # image→depth predictions aligned and combined per image
+    depth_self_reference: true    # image→depth runs the reference net on the image itself (false: no reference)
 
 With `stable_diffusion`, `backbone` and `vae` entries are checked against the folder's configs.
 """
@@ -126,6 +127,13 @@ class RGBDDenoiser(nn.Module):
         bank = self.reference_net(reference_latents.to(self.reference_net.dtype), context)
         return ReferenceFeatures(bank=bank, drop=drop, context=context, latent_size=tuple(reference_latents.shape[2:]))
 
+    def no_reference(self, batch_size: int, latent_size: tuple[int, int], *, device: torch.device) -> ReferenceFeatures:
+        """Features of no reference, without running the reference net: the backbone attends only to itself and
+        reads the dropped context, exactly as for a reference dropped in training."""
+        drop = torch.ones(batch_size, dtype=torch.bool, device=device)
+        context = self.context(batch_size=batch_size, drop=drop)
+        return ReferenceFeatures(bank={}, drop=drop, context=context, latent_size=tuple(latent_size))
+
     def denoise(
         self,
         noisy: torch.Tensor,
@@ -153,8 +161,7 @@ class RGBDDenoiser(nn.Module):
         if known is None:
             known = torch.zeros_like(noisy)
         if reference is None:
-            drop_all = torch.ones(batch_size, dtype=torch.bool, device=noisy.device)
-            context = self.context(batch_size=batch_size, drop=drop_all)
+            reference = self.no_reference(batch_size, (height, width), device=noisy.device)
         else:
             if reference.batch_size != batch_size:
                 raise UserInputError(
@@ -165,7 +172,7 @@ class RGBDDenoiser(nn.Module):
                     f"reference latents are {reference.latent_size[0]}×{reference.latent_size[1]}, "
                     f"the noisy latents {height}×{width}; encode the reference at the same resolution"
                 )
-            context = reference.context
+        context = reference.context
         dtype = self.backbone.dtype
         return self.backbone(
             build_backbone_input(noisy, known, masks).to(dtype),
@@ -332,6 +339,10 @@ class RGBDPortraitModel(nn.Module):
     def encode_reference(self, reference_latents: torch.Tensor, **options: Any) -> ReferenceFeatures:
         """See `RGBDDenoiser.encode_reference`."""
         return self.denoiser.encode_reference(reference_latents, **options)
+
+    def no_reference(self, batch_size: int, latent_size: tuple[int, int], *, device: torch.device) -> ReferenceFeatures:
+        """See `RGBDDenoiser.no_reference`."""
+        return self.denoiser.no_reference(batch_size, latent_size, device=device)
 
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor | float, **options: Any) -> torch.Tensor:
         """See `RGBDDenoiser.denoise`."""

@@ -33,7 +33,16 @@ DEFAULT_SCHEDULER: dict[str, Any] = {
 }
 # Scheduler entries that define the noise levels a UNet was trained with (carried over from a base model).
 NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "trained_betas")
-SETTING_KEYS = ("prediction_type", "scheduler", "default_steps", "resolution", "depth_steps", "ensemble_size", "fit")
+SETTING_KEYS = (
+    "prediction_type",
+    "scheduler",
+    "default_steps",
+    "resolution",
+    "depth_steps",
+    "ensemble_size",
+    "depth_self_reference",
+    "fit",
+)
 # Image→depth steps when the schedule's timesteps are "trailing": the first step then starts from pure noise and
 # a few steps suffice (Marigold's recipe); other schedules use `default_steps`.
 FEW_STEP_DEPTH_STEPS = 4
@@ -55,6 +64,8 @@ class ModelSettings:
     """Everything about a model that is not weights. `resolution` is the default square side in pixels;
     `depth_steps` and `ensemble_size` are image→depth's defaults (denoising steps, predictions combined per
     image); `depth_steps=None` resolves to `FEW_STEP_DEPTH_STEPS` for trailing timesteps, else `default_steps`;
+    `depth_self_reference` says whether image→depth reads an image as its own reference through the reference
+    net when no other reference is given (False skips that run: for a model trained on image→depth without one);
     `fit` is the default framing of input images (one of `FIT_MODES`): a model trained on face crops is best
     given its inputs framed the same way."""
 
@@ -64,6 +75,7 @@ class ModelSettings:
     resolution: int = 512
     depth_steps: int | None = None
     ensemble_size: int = 1
+    depth_self_reference: bool = True
     fit: str = "crop"
 
     def __post_init__(self) -> None:
@@ -102,6 +114,7 @@ class ModelSettings:
             resolution=values.get("resolution", defaults.resolution),
             depth_steps=values.get("depth_steps"),
             ensemble_size=values.get("ensemble_size", defaults.ensemble_size),
+            depth_self_reference=values.get("depth_self_reference", defaults.depth_self_reference),
             fit=values.get("fit", defaults.fit),
         )
         settings.check(source=source)
@@ -117,6 +130,8 @@ class ModelSettings:
                 f"{source}: a zero-terminal-SNR schedule (scheduler.rescale_betas_zero_snr) needs "
                 f"prediction_type v_prediction or sample, not epsilon"
             )
+        if not isinstance(self.depth_self_reference, bool):
+            raise UserInputError(f"{source}: depth_self_reference must be true or false, got {self.depth_self_reference!r}")
         if self.fit not in FIT_MODES:
             raise UserInputError(f"{source}: fit must be one of {', '.join(FIT_MODES)}, got {self.fit!r}")
         for name in ("default_steps", "resolution", "depth_steps", "ensemble_size"):

@@ -275,6 +275,16 @@ class RGBDPortraitPipeline:
             latents = self.model.codec.encode_rgb(rgb)
         return self.model.encode_reference(latents, reference_rgb=rgb)
 
+    def _self_reference(
+        self, pixels: torch.Tensor, view_latents: torch.Tensor, self_reference: bool | None
+    ) -> ReferenceFeatures:
+        """The reference of image→depth when the images are their own: the reference net's features of the images
+        (their latents from `_encode_views`), or no reference (`self_reference` False; None = the model's
+        `depth_self_reference`), which skips the reference net for a model trained on image→depth without one."""
+        if self.model.settings.depth_self_reference if self_reference is None else self_reference:
+            return self._encode_reference(pixels, latents=view_latents[: len(pixels)])
+        return self.model.no_reference(len(pixels), tuple(view_latents.shape[2:]), device=self.device)
+
     def _encode_views(self, pixels: torch.Tensor, ensemble_size: int) -> torch.Tensor:
         """Latents of the images (N, 3, S, S) in [0, 1] and, for an ensemble, of their mirror images: (N, C, h, w),
         or (2N, C, h, w) with the N mirror images last. Each distinct view is encoded once, however many ensemble
@@ -617,6 +627,7 @@ class RGBDPortraitPipeline:
         image: ImageInput | Sequence[ImageInput],
         *,
         reference: ImageInput | Sequence[ImageInput] | None = None,
+        self_reference: bool | None = None,
         mask: MaskInput | Sequence[MaskInput] | None = None,
         num_inference_steps: int | None = None,
         ensemble_size: int | None = None,
@@ -631,7 +642,9 @@ class RGBDPortraitPipeline:
         output_type: OutputType = "pil",
         return_dict: bool = True,
     ):
-        """Image→depth: each image is the known RGB; the reference defaults to the image itself.
+        """Image→depth: each image is the known RGB; without a `reference`, the image is its own reference when
+        `self_reference` (None: the model's `depth_self_reference`), else none is used and the reference net does
+        not run.
 
         `ensemble_size` predictions per image (default from the model; every second one of the image mirrored,
         see `_predict_unit_depth`) are aligned by a least-squares scale and shift and combined by their median,
@@ -654,6 +667,8 @@ class RGBDPortraitPipeline:
         )
         images, masks = self._read_image_with_masks(image, mask)
         fits, pixels = self._fit_images(images, side, fit=fit, center_on_face=center_on_face)
+        if reference is not None and self_reference is not None:
+            raise UserInputError("give reference or self_reference, not both: a reference replaces the image's own")
         reference_pixels = pixels
         if reference is not None:
             references = match_count(
@@ -665,7 +680,7 @@ class RGBDPortraitPipeline:
             raise UserInputError("mask: no subject pixel inside the square fitted to the model")
         view_latents = self._encode_views(pixels, members)
         if reference is None:
-            features = self._encode_reference(pixels, latents=view_latents[: len(pixels)])
+            features = self._self_reference(pixels, view_latents, self_reference)
         else:
             features = self._encode_reference(reference_pixels)
         depth, uncertainty, first_latents = self._predict_unit_depth(
@@ -808,15 +823,11 @@ class RGBDPortraitPipeline:
         images, masks = self._read_image_with_masks(image, mask)
         fits, pixels = self._fit_images(images, side, fit=fit, center_on_face=center_on_face)
         fitted_masks = self._fitted_masks(masks, fits, side)
-        # The input is its own reference, for the depth prediction and the regeneration alike.
-        view_latents = self._encode_views(pixels, members) if depth is None else None
-        features = None
-        if depth is None or regenerate:
-            features = self._encode_reference(
-                pixels, latents=None if view_latents is None else view_latents[: len(pixels)]
-            )
-        uncertainty = None
+        # The input is its own reference: for the regeneration, and for the depth prediction as the model says.
+        view_latents, features, uncertainty = None, None, None
         if depth is None:
+            view_latents = self._encode_views(pixels, members)
+            features = self._self_reference(pixels, view_latents, None)
             unit_depth, uncertainty, _ = self._predict_unit_depth(
                 pixels,
                 features,
@@ -859,6 +870,10 @@ class RGBDPortraitPipeline:
                     for relit, fit_ in zip(relit_images, fits)
                 ]
             )
+            if features is None or features.absent:
+                features = self._encode_reference(
+                    pixels, latents=None if view_latents is None else view_latents[: len(pixels)]
+                )
             model_depth = unit_depth * 2.0 - 1.0
             latents = self._sample(
                 reference=features,

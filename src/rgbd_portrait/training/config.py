@@ -137,6 +137,9 @@ class JointStageConfig(StageConfig):
     tasks: TaskProbabilities = field(default_factory=TaskProbabilities)
     # Probability of dropping the reference for a sample (trains the unconditional branch of guidance).
     reference_dropout: float = 0.1
+    # On top of it, probability of dropping the reference of an image→depth sample: trains image→depth without a
+    # reference, which skips the reference net at inference (the image is the known channel anyway).
+    image_to_depth_reference_dropout: float = 0.0
     # Fraction of image→depth samples trained at the last timestep, where one-step inference starts (pure noise
     # under a zero-terminal-SNR schedule, so the step is a regression of depth from the image); the rest uniform.
     image_to_depth_terminal_fraction: float = 0.0
@@ -379,6 +382,11 @@ def check_config(config: ExperimentConfig, *, source: str = "config") -> None:
         0.0 <= joint.reference_dropout <= 1.0,
         source,
         f"train.joint.reference_dropout must be in [0, 1], got {joint.reference_dropout}",
+    )
+    _require(
+        0.0 <= joint.image_to_depth_reference_dropout <= 1.0,
+        source,
+        f"train.joint.image_to_depth_reference_dropout must be in [0, 1], got {joint.image_to_depth_reference_dropout}",
     )
     _require(
         0.0 <= joint.image_to_depth_terminal_fraction <= 1.0,

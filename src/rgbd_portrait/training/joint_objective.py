@@ -105,8 +105,12 @@ def make_diffusion_inputs(
     )
     noise = torch.randn(clean.shape, generator=generator, device=device, dtype=clean.dtype)
     drop_reference = torch.rand(batch, generator=generator, device=device) < stage.reference_dropout
+    image_to_depth = torch.tensor([task == Task.IMAGE_TO_DEPTH for task in tasks], device=device)
+    # Drawn only when asked for, so that runs without it keep their random stream.
+    if stage.image_to_depth_reference_dropout > 0:
+        unreferenced = torch.rand(batch, generator=generator, device=device) < stage.image_to_depth_reference_dropout
+        drop_reference = drop_reference | (image_to_depth & unreferenced)
     if stage.image_to_depth_terminal_fraction > 0:
-        image_to_depth = torch.tensor([task == Task.IMAGE_TO_DEPTH for task in tasks], device=device)
         terminal = torch.rand(batch, generator=generator, device=device) < stage.image_to_depth_terminal_fraction
         last = scheduler.config.num_train_timesteps - 1
         timesteps = torch.where(image_to_depth & terminal, torch.full_like(timesteps, last), timesteps)
