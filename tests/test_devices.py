@@ -1,4 +1,4 @@
-"""Choosing the device and the dtype from the command line's words."""
+"""Choosing the device and the dtype from the command line's words, and reading where weights are."""
 
 import pytest
 import torch
@@ -26,3 +26,9 @@ def test_named_dtypes_are_taken_as_given_and_float16_is_refused_on_the_cpu():
 
 def test_native_bfloat16_probe_answers_without_failing():
     assert isinstance(devices.cpu_has_native_bfloat16(), bool)
+
+
+def test_placement_follows_the_weights():
+    module = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    assert devices.placement(module) == (torch.device("cpu"), torch.float32)
+    assert devices.placement(module.to(torch.bfloat16)) == (torch.device("cpu"), torch.bfloat16)

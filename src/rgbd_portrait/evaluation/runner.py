@@ -753,7 +753,8 @@ def _format_synthetic(results: Mapping[str, Any]) -> str:
     lines = [
         f"Data: `{results['data']}`, split `{results['split']}`: {results['samples']} samples of "
         f"{results['identities']} identities. Device: {results['device']}. Model resolution "
-        f"{settings['resolution']} px; image→depth {depth_steps} steps × {ensemble} ensemble with {depth_reference}, depth→image and "
+        f"{settings['resolution']} px; image→depth {depth_steps} steps × {ensemble} ensemble with {depth_reference}, "
+        f"depth→image and "
         f"joint generation {steps} steps; conditioning: {variant}; seed {options['seed']}.",
         "",
     ]

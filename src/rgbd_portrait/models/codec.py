@@ -14,6 +14,7 @@ from diffusers import AutoencoderKL
 from torch import nn
 
 from rgbd_portrait.data.depth_normalization import normalize_depth
+from rgbd_portrait.devices import placement
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models.layout import join_modalities, split_modalities
 
@@ -62,11 +63,11 @@ class LatentCodec(nn.Module):
             raise UserInputError(f"{name}: expected (B, {self.latent_channels}, h, w), got {tuple(latents.shape)}")
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        latents = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode()
+        latents = self.vae.encode(pixels.to(placement(self.vae)[1])).latent_dist.mode()
         return (latents - self.shift_factor) * self.scaling_factor
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        latents = latents.to(self.vae.dtype) / self.scaling_factor + self.shift_factor
+        latents = latents.to(placement(self.vae)[1]) / self.scaling_factor + self.shift_factor
         return self.vae.decode(latents).sample.clamp(-1.0, 1.0)
 
     def encode_rgb(self, rgb: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rgbd_portrait import __version__
+from rgbd_portrait.devices import placement
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models.backbone import backbone_latent_channels, check_supported_unet, expand_unet
 from rgbd_portrait.models.checkpoint import (
@@ -124,7 +125,7 @@ class RGBDDenoiser(nn.Module):
         if drop.shape[0] != batch_size:
             raise UserInputError(f"drop: {drop.shape[0]} flags for a batch of {batch_size} reference latents")
         context = self.context(batch_size=batch_size, reference_rgb=reference_rgb, drop=drop)
-        bank = self.reference_net(reference_latents.to(self.reference_net.dtype), context)
+        bank = self.reference_net(reference_latents.to(placement(self.reference_net)[1]), context)
         return ReferenceFeatures(bank=bank, drop=drop, context=context, latent_size=tuple(reference_latents.shape[2:]))
 
     def no_reference(self, batch_size: int, latent_size: tuple[int, int], *, device: torch.device) -> ReferenceFeatures:
@@ -173,7 +174,7 @@ class RGBDDenoiser(nn.Module):
                     f"the noisy latents {height}×{width}; encode the reference at the same resolution"
                 )
         context = reference.context
-        dtype = self.backbone.dtype
+        _, dtype = placement(self.backbone)
         return self.backbone(
             build_backbone_input(noisy, known, masks).to(dtype),
             timesteps,

@@ -131,7 +131,9 @@ class ModelSettings:
                 f"prediction_type v_prediction or sample, not epsilon"
             )
         if not isinstance(self.depth_self_reference, bool):
-            raise UserInputError(f"{source}: depth_self_reference must be true or false, got {self.depth_self_reference!r}")
+            raise UserInputError(
+                f"{source}: depth_self_reference must be true or false, got {self.depth_self_reference!r}"
+            )
         if self.fit not in FIT_MODES:
             raise UserInputError(f"{source}: fit must be one of {', '.join(FIT_MODES)}, got {self.fit!r}")
         for name in ("default_steps", "resolution", "depth_steps", "ensemble_size"):

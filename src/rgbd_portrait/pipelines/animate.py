@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from rgbd_portrait.data.audio import AudioTrack, audio_windows, load_audio, make_audio_features
 from rgbd_portrait.data.face_regions import box_cells, mouth_box
 from rgbd_portrait.data.image_io import to_uint8_rgb
+from rgbd_portrait.devices import placement
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models.layout import join_modalities, split_modalities
 from rgbd_portrait.models.motion import MotionLayers
@@ -228,7 +229,7 @@ def sample_clip(
     motion = model.motion
     count = audio.shape[0]
     given = 0 if motion_latents is None else motion_latents.shape[0]
-    device, dtype = model.backbone.device, model.backbone.dtype
+    device, dtype = placement(model.backbone)
     features = reference.repeat_each(count)
     audio = audio.to(device)
     drop_audio = torch.zeros(count, dtype=torch.bool)

@@ -32,6 +32,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from rgbd_portrait.data.depth_normalization import normalize_depth, to_unit_range
 from rgbd_portrait.data.image_io import SquareFit, require_same_size
+from rgbd_portrait.devices import placement
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.geometry.normals import normals_from_relative_depth
 from rgbd_portrait.geometry.relighting import DEFAULT_AMBIENT, DirectionalLight, Lighting, relight, resolve_lighting
@@ -196,11 +197,11 @@ class RGBDPortraitPipeline:
     @property
     def device(self) -> torch.device:
         """Where the computation runs (the GPU of CPU offload, otherwise the model's device)."""
-        return self._offload_device or self.model.backbone.device
+        return self._offload_device or placement(self.model.backbone)[0]
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.backbone.dtype
+        return placement(self.model.backbone)[1]
 
     def enable_model_cpu_offload(self, device: torch.device | str = "cuda") -> None:
         """Keep the components on the CPU and move each to `device` only while it runs (Accelerate hooks).
