@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 import torch
@@ -37,6 +38,8 @@ from rgbd_portrait.evaluation.speed import (
 )
 from rgbd_portrait.models import RGBDPortraitModel, read_model_section
 from rgbd_portrait.pipelines import RGBDPortraitPipeline
+
+REFERENCE_WORDS = {True: "the image as its own reference", False: "no reference"}
 
 
 def load_model(args: argparse.Namespace) -> RGBDPortraitModel:
@@ -125,27 +128,32 @@ def main(argv: list[str] | None = None) -> int:
         seconds = interleaved_median_seconds({"first": first, "second": second}, device=device, repeats=args.repeats)
         return seconds["first"], seconds["second"]
 
-    settings_compared = [(f"{steps} steps, 1 prediction", (steps, 1), (steps, 1)) for steps in args.steps]
-    if settings.ensemble_size > 1:
-        steps = settings.depth_steps
+    # (row, ours (steps, members), Marigold (steps, members), our self_reference: None = the model's).
+    settings_compared = [
+        (f"{steps} steps, 1 prediction, {REFERENCE_WORDS[choice]}", (steps, 1), (steps, 1), choice)
+        for steps in args.steps
+        for choice in (True, False)
+    ]
+    steps, members = settings.depth_steps, settings.ensemble_size
+    default_words = REFERENCE_WORDS[settings.depth_self_reference]
+    if members > 1:
         settings_compared += [
             (
-                f"ours at its default {steps} × {settings.ensemble_size}, Marigold at the same steps × 1 (its default)",
-                (steps, settings.ensemble_size),
+                f"ours at its default {steps} × {members} ({default_words}), Marigold at the same steps × 1 "
+                f"(its default)",
+                (steps, members),
                 (steps, 1),
+                None,
             ),
-            (
-                f"both {steps} × {settings.ensemble_size}",
-                (steps, settings.ensemble_size),
-                (steps, settings.ensemble_size),
-            ),
+            (f"both {steps} × {members} (ours {default_words})", (steps, members), (steps, members), None),
         ]
     settings_compared.append(
         (
-            f"each one's default: ours {settings.depth_steps} × {settings.ensemble_size}, Marigold "
+            f"each one's default: ours {steps} × {members} ({default_words}), Marigold "
             f"{MARIGOLD_DEFAULT_STEPS} × {MARIGOLD_DEFAULT_ENSEMBLE}",
-            (settings.depth_steps, settings.ensemble_size),
+            (steps, members),
             (MARIGOLD_DEFAULT_STEPS, MARIGOLD_DEFAULT_ENSEMBLE),
+            None,
         )
     )
     sections = {section.strip() for section in args.sections.split(",")}
@@ -165,9 +173,11 @@ def main(argv: list[str] | None = None) -> int:
 
     depth_rows = {}
     if "depth" in sections:
-        for name, our_setting, peer_setting in settings_compared:
+        for name, our_setting, peer_setting, self_reference in settings_compared:
             ours_seconds, peer_seconds = time_pair(
-                *depth_calls(pipeline, peer, image, ours=our_setting, marigold=peer_setting)
+                *depth_calls(
+                    pipeline, peer, image, ours=our_setting, marigold=peer_setting, self_reference=self_reference
+                )
             )
             depth_rows[name] = {
                 "ours s": ours_seconds,
@@ -178,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             "## Image→depth: ours versus diffusers' MarigoldDepthPipeline of the same size",
             "",
             "Same UNet architecture (ours adds the known/mask input channels and reference attention, and runs the "
-            "reference net once per call), same VAE, scheduler, image and resolution. Both include VAE encoding "
-            "and decoding. `S × N`: denoising steps × ensemble members (ours: the image and its mirror image).",
+            "reference net once per call when the image is its own reference), same VAE, scheduler, image and "
+            "resolution. Both include VAE encoding and decoding. `S × N`: denoising steps × ensemble members "
+            "(ours: the image and its mirror image).",
             "",
             format_markdown_table(depth_rows, row_heading="setting", digits=3),
         ]
@@ -253,12 +264,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(rows: dict[str, dict[str, float]], path: Path) -> None:
-    figure, (axis,) = new_figure(1, width=6.5)
-    names = [name.split(":")[0] for name in rows]
+    figure, (axis,) = new_figure(1, width=2.0 + 1.1 * len(rows))
+    names = [textwrap.fill(name.split(":")[0], 20) for name in rows]
     positions = torch.arange(len(rows), dtype=torch.float32)
     axis.bar(positions - 0.2, [row["ours s"] for row in rows.values()], width=0.4, label="ours")
     axis.bar(positions + 0.2, [row["Marigold s"] for row in rows.values()], width=0.4, label="Marigold (diffusers)")
-    axis.set_xticks(positions.tolist(), names, fontsize=8)
+    axis.set_xticks(positions.tolist(), names, fontsize=7)
     axis.set_ylabel("seconds per image")
     axis.legend()
     figure.suptitle("Image→depth speed, same size and device")

@@ -66,7 +66,8 @@ def test_speed_benchmark_runs_at_toy_size(tmp_path, monkeypatch):
     argv = ["--steps", "1", "--repeats", "1", "--sections", "depth,generation,caching,precision"]
     out = _run_at_toy_size("bench_speed_vs_marigold.py", argv, tmp_path, monkeypatch)
     report = out.read_text()
-    assert "| 1 steps, 1 prediction |" in report and "ours / Marigold" in report
+    assert "| 1 steps, 1 prediction, the image as its own reference |" in report and "ours / Marigold" in report
+    assert "| 1 steps, 1 prediction, no reference |" in report
     assert "every step / cached" in report and "two passes" in report
     assert "| float32 s | bfloat16 s | float32 / bfloat16 |" in report and "Ours in bfloat16 against" in report
     assert out.with_suffix(".png").stat().st_size > 0

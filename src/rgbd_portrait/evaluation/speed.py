@@ -136,10 +136,17 @@ class ReferenceEveryStep:
 
 @torch.no_grad()
 def depth_calls(
-    pipeline, peer: MarigoldDepthPipeline, image: torch.Tensor, *, ours: tuple[int, int], marigold: tuple[int, int]
+    pipeline,
+    peer: MarigoldDepthPipeline,
+    image: torch.Tensor,
+    *,
+    ours: tuple[int, int],
+    marigold: tuple[int, int],
+    self_reference: bool | None = None,
 ) -> tuple[Callable[[], Any], Callable[[], Any]]:
     """Image→depth of `image` at the model's square by our pipeline and by its Marigold peer, as calls to time;
-    `ours` and `marigold` are each one's (steps, ensemble members). Fixed seeds, no face detection on our side."""
+    `ours` and `marigold` are each one's (steps, ensemble members), `self_reference` ours (None: the model's).
+    Fixed seeds, no face detection on our side."""
     (our_steps, our_members), (peer_steps, peer_members) = ours, marigold
 
     def ours_call():
@@ -147,6 +154,7 @@ def depth_calls(
             image,
             num_inference_steps=our_steps,
             ensemble_size=our_members,
+            self_reference=self_reference,
             center_on_face=False,
             output_type="pt",
             generator=torch.Generator().manual_seed(0),
