@@ -122,13 +122,19 @@ def profile_image_to_depth(model: RGBDPortraitModel, *, steps: int, ensemble: in
     side = model.resolution
     image = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
 
-    ours, marigold = depth_calls(pipeline, peer, image, ours=(steps, ensemble), marigold=(steps, 1))
+    calls_profiled = {}
+    for self_reference, words in ((True, "the image as its own reference"), (False, "no reference")):
+        ours, marigold = depth_calls(
+            pipeline, peer, image, ours=(steps, ensemble), marigold=(steps, 1), self_reference=self_reference
+        )
+        calls_profiled[f"ours, {steps} step(s) × {ensemble}, {words}"] = ours
+    calls_profiled[f"Marigold, {steps} step(s) × 1"] = marigold
 
     ranges = ModuleRanges(model_ranges(model) | {"Marigold UNet": peer.unet})
     labels = ("VAE encoder", "reference net", "backbone", "Marigold UNet", "VAE decoder")
     rows = {}
     try:
-        for name, call in ((f"ours, {steps} step(s) × {ensemble}", ours), (f"Marigold, {steps} step(s) × 1", marigold)):
+        for name, call in calls_profiled.items():
             call()  # warm-up
             with profile(activities=[ProfilerActivity.CPU]) as profiler:
                 for _ in range(calls):
@@ -142,9 +148,9 @@ def profile_image_to_depth(model: RGBDPortraitModel, *, steps: int, ensemble: in
             rows[name] = row
     finally:
         ranges.remove()
-    ours_name, peer_name = list(rows)
-    rows[ours_name]["× Marigold"] = rows[ours_name]["call s"] / rows[peer_name]["call s"]
-    rows[peer_name]["× Marigold"] = 1.0
+    peer_seconds = rows[f"Marigold, {steps} step(s) × 1"]["call s"]
+    for row in rows.values():
+        row["× Marigold"] = row["call s"] / peer_seconds
     return rows
 
 
