@@ -63,6 +63,7 @@ def test_without_mediapipe_the_fit_is_centred(monkeypatch):
     centres = FaceCentres()
     image = np.zeros((8, 12, 3), np.float32)
     assert centres(image) is None and centres(image) is None
+    assert centres.has_face(image) is None  # cannot tell
     assert plan_fit(image, 4, mode="crop", face_centres=centres).left == 2
 
 
@@ -79,6 +80,7 @@ def test_face_fit_frames_the_face_as_the_training_crops():
     fit = plan_fit(photo.astype(np.float32) / 255, 64, mode="face", face_centres=centres)
     crop_fit = plan_fit(photo.astype(np.float32) / 255, 64, mode="crop", face_centres=centres)
     assert fit.side < crop_fit.side / 2  # the face, not the whole picture
+    assert centres.has_face(photo) is True and centres.has_face(np.zeros((64, 64, 3), np.uint8)) is False
     face = FaceFinder().find(photo)[0]
     center_x, center_y = face.box[0] + face.box[2] / 2, face.box[1] + face.box[3] / 2
     assert fit.left < center_x < fit.left + fit.side and fit.top < center_y < fit.top + fit.side

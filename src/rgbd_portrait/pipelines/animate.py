@@ -42,7 +42,6 @@ from tqdm.auto import tqdm
 
 from rgbd_portrait.data.audio import AudioTrack, audio_windows, load_audio, make_audio_features
 from rgbd_portrait.data.face_regions import box_cells, mouth_box
-from rgbd_portrait.data.image_io import to_uint8_rgb
 from rgbd_portrait.devices import placement
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models.layout import join_modalities, split_modalities
@@ -105,20 +104,6 @@ def _motion_layers(pipeline: RGBDPortraitPipeline) -> MotionLayers:
     return motion
 
 
-def _reference_has_face(pixels: np.ndarray) -> bool | None:
-    """Whether MediaPipe finds a face in the reference; None when MediaPipe is not installed."""
-    from rgbd_portrait.data.prepare.faces import FaceFinder
-
-    try:
-        finder = FaceFinder()
-    except UserInputError:
-        return None
-    try:
-        return bool(finder.find(to_uint8_rgb(pixels)))
-    finally:
-        finder.close()
-
-
 def prepare_animation(
     pipeline: RGBDPortraitPipeline,
     reference: ImageInput,
@@ -162,7 +147,7 @@ def prepare_animation(
         raise UserInputError(f"{audio.source}: {audio.seconds:.3f} s of audio is shorter than one frame at {fps:g} fps")
     if audio.is_silent:
         warnings.warn(f"{audio.source}: the audio is silent; the mouth will stay closed", stacklevel=2)
-    if _reference_has_face(image.pixels) is False:
+    if pipeline.face_centres.has_face(image.pixels) is False:
         warnings.warn(f"{image.source}: no face found; animating the image as it is", stacklevel=2)
     _, pixels = pipeline._fit_images([image], side, fit=fit, center_on_face=center_on_face)
     return PreparedAnimation(

@@ -227,6 +227,11 @@ class FaceCentres:
         faces = self._finder.find(to_uint8_rgb(pixels))
         return faces[0] if faces else None
 
+    def has_face(self, pixels: np.ndarray) -> bool | None:
+        """Whether a face is found; None when MediaPipe is not installed to tell."""
+        face = self._largest_face(pixels)
+        return None if face is None and not self._available else face is not None
+
     def __call__(self, pixels: np.ndarray) -> tuple[float, float] | None:
         face = self._largest_face(pixels)
         if face is None:
