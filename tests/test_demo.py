@@ -96,6 +96,7 @@ def test_page_is_printed_and_every_link_is_a_written_file(demo):
     shown = {link for link in files if link.endswith((".png", ".mp4"))}
     assert {"inputs/astronaut.png", "inputs/grace_hopper.png", "animation/astronaut/side_by_side.mp4"} <= shown
     assert "overview.png" in shown
+    assert "ensemble of 2, the image as its own reference" in (out / "index.html").read_text()
 
 
 def test_overview_sheet_has_a_row_per_portrait_and_a_column_per_result(demo):

@@ -224,7 +224,8 @@ def _model_rows(model: dict[str, Any]) -> list[list[str]]:
         ["resolution", f"{model['resolution']}×{model['resolution']}"],
         [
             "denoising steps",
-            f"{model['default_steps']}; image→depth {model['depth_steps']}, ensemble of {model['ensemble_size']}",
+            f"{model['default_steps']}; image→depth {model['depth_steps']}, ensemble of {model['ensemble_size']}, "
+            + ("the image as its own reference" if model.get("depth_self_reference", True) else "no reference"),
         ],
         ["prediction, sampler", f"{model['prediction_type']}, {model['scheduler']}"],
         ["talking head", talking],

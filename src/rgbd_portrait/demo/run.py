@@ -65,6 +65,7 @@ def describe_model(model: RGBDPortraitModel, *, model_dir: str | os.PathLike | N
         "default_steps": model.default_steps,
         "depth_steps": model.settings.depth_steps,
         "ensemble_size": model.settings.ensemble_size,
+        "depth_self_reference": model.settings.depth_self_reference,
         "prediction_type": model.prediction_type,
         "scheduler": model.settings.scheduler.get("class_name"),
         "motion": None
