@@ -36,10 +36,9 @@ from rgbd_portrait.evaluation.speed import (
     depth_calls,
     interleaved_median_seconds,
 )
+from rgbd_portrait.evaluation.task_names import DEPTH_REFERENCE_WORDS
 from rgbd_portrait.models import RGBDPortraitModel, read_model_section
 from rgbd_portrait.pipelines import RGBDPortraitPipeline
-
-REFERENCE_WORDS = {True: "the image as its own reference", False: "no reference"}
 
 
 def load_model(args: argparse.Namespace) -> RGBDPortraitModel:
@@ -130,12 +129,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # (row, ours (steps, members), Marigold (steps, members), our self_reference: None = the model's).
     settings_compared = [
-        (f"{steps} steps, 1 prediction, {REFERENCE_WORDS[choice]}", (steps, 1), (steps, 1), choice)
+        (f"{steps} steps, 1 prediction, {DEPTH_REFERENCE_WORDS[choice]}", (steps, 1), (steps, 1), choice)
         for steps in args.steps
         for choice in (True, False)
     ]
     steps, members = settings.depth_steps, settings.ensemble_size
-    default_words = REFERENCE_WORDS[settings.depth_self_reference]
+    default_words = DEPTH_REFERENCE_WORDS[settings.depth_self_reference]
     if members > 1:
         settings_compared += [
             (

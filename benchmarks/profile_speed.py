@@ -45,6 +45,7 @@ from benchmark_support import command_line, machine_line, write_markdown
 from rgbd_portrait.data.synth import render_dataset
 from rgbd_portrait.evaluation.results import format_markdown_table
 from rgbd_portrait.evaluation.speed import build_marigold_peer, depth_calls
+from rgbd_portrait.evaluation.task_names import DEPTH_REFERENCE_WORDS
 from rgbd_portrait.models import RGBDPortraitModel, read_model_section
 from rgbd_portrait.models.layout import Task, task_masks
 from rgbd_portrait.pipelines import RGBDPortraitPipeline
@@ -123,7 +124,7 @@ def profile_image_to_depth(model: RGBDPortraitModel, *, steps: int, ensemble: in
     image = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
 
     calls_profiled = {}
-    for self_reference, words in ((True, "the image as its own reference"), (False, "no reference")):
+    for self_reference, words in DEPTH_REFERENCE_WORDS.items():
         ours, marigold = depth_calls(
             pipeline, peer, image, ours=(steps, ensemble), marigold=(steps, 1), self_reference=self_reference
         )

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from rgbd_portrait.demo.overview import OVERVIEW_FILE
-from rgbd_portrait.evaluation.task_names import TASK_TITLES
+from rgbd_portrait.evaluation.task_names import DEPTH_REFERENCE_WORDS, TASK_TITLES
 
 IMAGE_WIDTH = 160  # CSS pixels per image on the page; the files keep the model's resolution
 
@@ -225,7 +225,7 @@ def _model_rows(model: dict[str, Any]) -> list[list[str]]:
         [
             "denoising steps",
             f"{model['default_steps']}; image→depth {model['depth_steps']}, ensemble of {model['ensemble_size']}, "
-            + ("the image as its own reference" if model.get("depth_self_reference", True) else "no reference"),
+            + DEPTH_REFERENCE_WORDS[model.get("depth_self_reference", True)],
         ],
         ["prediction, sampler", f"{model['prediction_type']}, {model['scheduler']}"],
         ["talking head", talking],

@@ -69,7 +69,7 @@ from rgbd_portrait.evaluation.metrics import (
 from rgbd_portrait.evaluation.results import METRIC_LABELS, MetricAccumulator, format_markdown_table, write_json
 from rgbd_portrait.evaluation.speed import median_seconds
 from rgbd_portrait.evaluation.synthetic_truth import is_synthetic, relighting_light, render_under_lights
-from rgbd_portrait.evaluation.task_names import TASK_TITLES, TASKS
+from rgbd_portrait.evaluation.task_names import DEPTH_REFERENCE_WORDS, TASK_TITLES, TASKS
 from rgbd_portrait.files import write_bytes_atomically
 from rgbd_portrait.geometry.camera import DEFAULT_FIELD_OF_VIEW_DEGREES, CameraIntrinsics, unproject_relative_depth
 from rgbd_portrait.geometry.normals import normals_from_depth
@@ -748,7 +748,7 @@ def _format_synthetic(results: Mapping[str, Any]) -> str:
     self_reference = options.get("self_reference")
     if self_reference is None:
         self_reference = settings.get("depth_self_reference", True)
-    depth_reference = "the image as its own reference" if self_reference else "no reference"
+    depth_reference = DEPTH_REFERENCE_WORDS[self_reference]
     variant = "latent replacement (training-free)" if options["training_free"] else "channel-wise inpainting"
     lines = [
         f"Data: `{results['data']}`, split `{results['split']}`: {results['samples']} samples of "

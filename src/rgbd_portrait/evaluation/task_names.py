@@ -8,3 +8,5 @@ TASK_TITLES = {
     "relighting": "Relighting",
     "speed": "Speed",
 }
+# What image→depth reads as its reference, by `self_reference`, as reports and pages word it.
+DEPTH_REFERENCE_WORDS = {True: "the image as its own reference", False: "no reference"}

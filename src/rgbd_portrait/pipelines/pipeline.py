@@ -666,10 +666,10 @@ class RGBDPortraitPipeline:
             conditioning=conditioning,
             ensemble_size=members,
         )
-        images, masks = self._read_image_with_masks(image, mask)
-        fits, pixels = self._fit_images(images, side, fit=fit, center_on_face=center_on_face)
         if reference is not None and self_reference is not None:
             raise UserInputError("give reference or self_reference, not both: a reference replaces the image's own")
+        images, masks = self._read_image_with_masks(image, mask)
+        fits, pixels = self._fit_images(images, side, fit=fit, center_on_face=center_on_face)
         reference_pixels = pixels
         if reference is not None:
             references = match_count(
