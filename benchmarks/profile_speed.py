@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=float, default=0.25, help="channel width multiplier (1 = the config's)")
     parser.add_argument("--resolution", type=int, default=128, help="image side in pixels")
     parser.add_argument("--depth-steps", type=int, default=1, help="image→depth denoising steps")
-    parser.add_argument("--ensemble", type=int, default=2, help="image→depth ensemble members (ours)")
+    parser.add_argument("--ensemble", type=int, default=1, help="image→depth ensemble members (ours)")
     parser.add_argument("--calls", type=int, default=2, help="profiled image→depth calls")
     parser.add_argument("--batch-size", type=int, default=2, help="training batch per step (no accumulation)")
     parser.add_argument("--steps", type=int, default=2, help="profiled training steps per variant")
@@ -349,9 +349,17 @@ def main(argv: list[str] | None = None) -> int:
                     | {"other s": seconds["step"] - named, "step, unprofiled s": step}
                     | {"samples/s": args.batch_size / step}
                 )
+                # Checkpointing runs the forward again inside the backward: the price of its memory saving.
+                recomputed = (
+                    passes["reference net forward"] + passes["backbone forward"]
+                    if result["config"].train.gradient_checkpointing
+                    else 0.0
+                )
                 pass_rows[label] = {f"{name} s": value for name, value in passes.items()} | {
                     "necessary s": needed,
                     "unprofiled step / necessary": step / needed,
+                    "recomputed forward (checkpointing only) s": recomputed,
+                    "unprofiled step / (necessary + recomputed)": step / (needed + recomputed),
                 }
                 print(f"{label}: {step:.2f} s/step, {step / needed:.2f}× necessary", file=sys.stderr)
 
@@ -367,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         "## Image→depth",
         "",
         f"Seconds per call (mean of {args.calls} profiled calls after a warm-up), batch 1, {args.depth_steps} "
-        f"denoising step(s); ours with {args.ensemble} ensemble members (the image and its mirror image), Marigold "
-        "with its default of one. `rest`: inputs, scheduler, ensembling, normals, output conversion.",
+        f"denoising step(s); ours with {args.ensemble} ensemble member(s) (the image, then its mirror image), "
+        "Marigold with its default of one. `rest`: inputs, scheduler, ensembling, normals, output conversion.",
         "",
         format_markdown_table(depth_rows, row_heading="call", digits=3),
     ]
@@ -388,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"The same model, batch and precision timed alone (median of {args.repeats}), no checkpointing. "
             "*necessary*: reference net and backbone forward and their backward, plus the VAE encodings when "
-            "latents are not cached; the step set against them is the unprofiled one.",
+            "latents are not cached; the step set against them is the unprofiled one. With gradient checkpointing "
+            "the backward also recomputes both forwards: the last rows add them.",
             "",
             format_markdown_table(_transpose(pass_rows), row_heading="pass", digits=3),
         ]

@@ -57,6 +57,25 @@ def test_reference_changes_the_output_and_dropped_samples_ignore_it(model):
     assert torch.equal(explicit, without)
 
 
+@pytest.mark.parametrize("drop", [[True, False, False], [False, True, True], [True, True, False]])
+def test_a_mixed_batch_keeps_each_sample_in_place(model, drop):
+    """Kept and dropped samples attend in separate groups; each output lands at its own sample's position."""
+    noisy, known, _ = _inputs(batch_size=3)
+    timesteps = torch.tensor([999, 500, 250])
+    reference_latents = torch.randn(3, 4, 8, 8)
+    with torch.no_grad():
+        mixed = model.denoise(
+            noisy, timesteps, known=known, task="joint", reference=model.encode_reference(reference_latents, drop=drop)
+        )
+        kept = model.denoise(
+            noisy, timesteps, known=known, task="joint", reference=model.encode_reference(reference_latents)
+        )
+        without = model.denoise(noisy, timesteps, known=known, task="joint")
+    for index, dropped in enumerate(drop):
+        expected = without[index] if dropped else kept[index]
+        torch.testing.assert_close(mixed[index], expected, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("drop", [[False, True], [False, False]])
 def test_denoising_with_a_reference_traces_as_one_graph(model, drop):
     """torch.compile sees the whole backbone: no host read of the drop flags inside the attention layers."""

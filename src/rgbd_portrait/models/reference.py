@@ -8,9 +8,10 @@ with the bank entry of the layer with the *same name* (both networks share the a
 exactly). Queries are the backbone's tokens only, so the output keeps the backbone's shape.
 
 The features are computed once per sampling call and reused at every step (`ReferenceFeatures`). A per-sample
-`drop` flag masks the reference tokens out of the softmax, so a dropped sample attends only to itself, as in a
-vanilla UNet; the tokens stay in the graph, so every reference parameter gets a gradient (zero for dropped
-samples) and DDP never sees an unused parameter. Without features (`reference=None`) the backbone computes
+`drop` flag takes the reference tokens out of the softmax, so a dropped sample attends only to itself, as in a
+vanilla UNet (two unmasked attention calls, one per group: a mask would rule out SDPA's flash kernel); the
+tokens stay in the graph, so every reference parameter gets a gradient (zero for dropped samples) and DDP never
+sees an unused parameter. Without features (`reference=None`) the backbone computes
 vanilla attention exactly.
 
 Nothing of the reference UNet after its last self-attention input reaches the bank. `ReferenceNet` therefore
@@ -54,9 +55,18 @@ class ReferenceFeatures:
     # Read from `drop` once here: a tensor-to-bool read inside every attention layer would synchronise with the
     # device there and break torch.compile's graph.
     any_dropped: bool = field(init=False)
+    # With dropped samples: indices of the samples that read the reference, of those that do not, and the order
+    # that puts [kept, dropped] back into batch order.
+    kept: torch.Tensor | None = field(init=False, default=None)
+    dropped: torch.Tensor | None = field(init=False, default=None)
+    batch_order: torch.Tensor | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.any_dropped = bool(self.drop.any())
+        if self.any_dropped:
+            self.kept = (~self.drop).nonzero().squeeze(1)
+            self.dropped = self.drop.nonzero().squeeze(1)
+            self.batch_order = torch.cat([self.kept, self.dropped]).argsort()
 
     @property
     def absent(self) -> bool:
@@ -90,12 +100,12 @@ def _attention(
     hidden_states: torch.Tensor,
     *,
     extra_tokens: torch.Tensor | None = None,
-    ignore_extra: torch.Tensor | None = None,
+    reference: ReferenceFeatures | None = None,
 ) -> torch.Tensor:
     """Self-attention of `hidden_states` (B, N, C), with `extra_tokens` (B, M, C) appended to keys and values.
 
-    Without extra tokens this is exactly diffusers' `AttnProcessor2_0` for 3-D inputs. `ignore_extra` (B,) bool
-    masks the extra tokens out for the flagged samples; None when no sample ignores them.
+    Without extra tokens this is exactly diffusers' `AttnProcessor2_0` for 3-D inputs. With them, the samples
+    that `reference` drops ignore the extra tokens.
     """
     batch_size = hidden_states.shape[0]
     key_value_states = hidden_states if extra_tokens is None else torch.cat([hidden_states, extra_tokens], dim=1)
@@ -111,18 +121,28 @@ def _attention(
     if attn.norm_k is not None:
         key = attn.norm_k(key)
 
-    attention_mask = None
-    if extra_tokens is not None and ignore_extra is not None:
-        # (B, 1, 1, N + M): True = attend. Only built when needed, so the common case keeps the fused kernels.
-        attention_mask = torch.ones(batch_size, 1, 1, key.shape[2], dtype=torch.bool, device=key.device)
-        attention_mask[:, :, :, hidden_states.shape[1] :] = ~ignore_extra.to(key.device).view(-1, 1, 1, 1)
-    output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+    if extra_tokens is not None and reference is not None and reference.any_dropped:
+        output = _attention_without_dropped_extra(query, key, value, reference, own_tokens=hidden_states.shape[1])
+    else:
+        output = F.scaled_dot_product_attention(query, key, value)
     output = output.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
     output = attn.to_out[0](output)
     output = attn.to_out[1](output)
     if attn.residual_connection:
         output = output + hidden_states
     return output / attn.rescale_output_factor
+
+
+def _attention_without_dropped_extra(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, reference: ReferenceFeatures, *, own_tokens: int
+) -> torch.Tensor:
+    """SDPA over all keys for the samples that keep the reference and over their own `own_tokens` keys for those
+    that drop it, returned in batch order. Two unmasked calls rather than one masked: a mask rules out SDPA's flash
+    kernel on GPUs (on the CPU the two are within noise of each other, docs/training.md)."""
+    kept, dropped = reference.kept, reference.dropped
+    with_reference = F.scaled_dot_product_attention(query[kept], key[kept], value[kept])
+    alone = F.scaled_dot_product_attention(query[dropped], key[dropped, :, :own_tokens], value[dropped, :, :own_tokens])
+    return torch.cat([with_reference, alone])[reference.batch_order]
 
 
 def _check_plain_self_attention(attn: Attention, hidden_states: torch.Tensor, attention_mask, layer_name: str):
@@ -190,8 +210,7 @@ class ReferenceReadProcessor:
                 f"{self.layer_name}: reference tokens {tuple(tokens.shape)} do not fit hidden states "
                 f"{tuple(hidden_states.shape)}"
             )
-        ignore = reference.drop if reference.any_dropped else None
-        return _attention(attn, hidden_states, extra_tokens=tokens.to(hidden_states.dtype), ignore_extra=ignore)
+        return _attention(attn, hidden_states, extra_tokens=tokens.to(hidden_states.dtype), reference=reference)
 
 
 class ContextAttentionProcessor(AttnProcessor2_0):

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from rgbd_portrait.data.dataset import PortraitMixture
 from rgbd_portrait.data.sequence_dataset import TalkingClipMixture
+from rgbd_portrait.devices import keep_freed_cpu_memory
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.files import write_bytes_atomically
 from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
@@ -255,6 +256,7 @@ class Trainer:
     # -- the run -----------------------------------------------------------------------------------------
     def run(self) -> Path:
         config, folders = self.config, self.folders
+        keep_freed_cpu_memory()
         if not self.plan.stages:
             final = folders.final_model(config.train.stages[-1])
             self.accelerator.print(f"nothing to do: every stage is complete; the model is {final}")
