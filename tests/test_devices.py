@@ -43,28 +43,31 @@ def test_placement_follows_the_weights():
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
 def test_freed_cpu_memory_is_reused_without_page_faults():
     """A 16 MB tensor allocated and freed again: by default every round maps fresh pages (one fault per 4 KB page);
-    once freed memory is kept, the rounds reuse it. In a subprocess: the setting lasts for the process."""
+    once freed memory is kept, the rounds reuse it. Per-round medians: the allocator may still grow its heap in
+    a round or two after the switch. In a subprocess: the setting lasts for the process."""
     script = textwrap.dedent(
         """
         import resource
+        import statistics
         import torch
         from rgbd_portrait.devices import keep_freed_cpu_memory
 
-        def faults(rounds):
-            start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        def faults_per_round(rounds):
+            counts = []
             for _ in range(rounds):
+                start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 torch.ones(4 * 2**20)
-            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+                counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+            return statistics.median(counts)
 
-        faults(1)
-        before = faults(5)
+        faults_per_round(1)
+        before = faults_per_round(7)
         kept = keep_freed_cpu_memory()
-        faults(1)
-        print(kept, before, faults(5))
+        print(kept, before, faults_per_round(7))
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     kept, before, after = result.stdout.split()
     assert kept == "True"
-    assert int(before) > 5 * 4_000  # 5 rounds × 4,096 pages
-    assert int(after) < int(before) / 20
+    assert float(before) > 4_000  # 4,096 pages a round
+    assert float(after) < float(before) / 20

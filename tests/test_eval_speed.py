@@ -76,6 +76,6 @@ def test_speed_benchmark_runs_at_toy_size(tmp_path, monkeypatch):
 def test_profile_runs_at_toy_size_and_sets_the_unprofiled_step_against_its_passes(tmp_path, monkeypatch):
     argv = ["--width", "1", "--resolution", "16", "--calls", "1", "--steps", "1", "--timed-steps", "2"]
     report = _run_at_toy_size("profile_speed.py", [*argv, "--repeats", "1"], tmp_path, monkeypatch).read_text()
-    assert "| ours, 1 step(s) × 2, the image as its own reference |" in report
-    assert "| ours, 1 step(s) × 2, no reference |" in report and "| step, unprofiled s |" in report
+    assert "| ours, 1 step(s) × 1, the image as its own reference |" in report
+    assert "| ours, 1 step(s) × 1, no reference |" in report and "| step, unprofiled s |" in report
     assert "| unprofiled step / necessary |" in report and "| step, profiled s |" in report

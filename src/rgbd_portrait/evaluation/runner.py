@@ -475,10 +475,12 @@ class _Evaluation:
         section["consistency"] = {"rows": mean_rows({"generated RGB vs generated depth": consistency})}
         if samples_per_reference > 1:
             section["diversity"] = {"rows": mean_rows({"between seeds": diversity})}
-        if candidates.usable:
-            rows = mean_rows({"generated": identity})
+        rows = mean_rows({"generated": identity})
+        if rows:
             rows["generated"]["chance_pct"] = 100.0 / candidates.identity_count
             section["identity"] = {"rows": rows}
+        elif candidates.usable:
+            self.notes.append("joint: identity consistency skipped (no reference has another sample of its person)")
         return section
 
     def relighting(self) -> dict[str, Any]:
