@@ -1,12 +1,14 @@
 """`rgbd-portrait eval` end to end on a tiny random model and a tiny rendered data set, and its building blocks."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from rgbd_portrait.cli.main import main
+from rgbd_portrait.data.dataset import discover_samples
 from rgbd_portrait.data.synth import render_dataset
 from rgbd_portrait.evaluation.runner import (
     EvaluationOptions,
@@ -119,6 +121,19 @@ def test_evaluation_set_takes_identities_in_turn_with_same_identity_references(d
     for item in samples.items:
         reference = samples.reference_of(item)
         assert reference.identity == item.identity and reference.key != item.key
+
+
+def test_a_limit_picks_the_same_people_whatever_the_folder_layout(data_dir, tmp_path):
+    entries = [entry for entry in discover_samples(data_dir) if entry.split == "test"]
+    identities = sorted({entry.identity for entry in entries})
+    # The same samples under folders named so that the discovery order of the people is reversed.
+    for entry in entries:
+        rank = len(identities) - identities.index(entry.identity)
+        shutil.copytree(entry.source, tmp_path / f"source-{rank}" / entry.source.name)
+    for limit in (1, None):
+        original = EvaluationSet(data_dir, split="test", limit=limit, show_progress=False)
+        moved = EvaluationSet(tmp_path, split="test", limit=limit, show_progress=False)
+        assert [item.identity for item in moved.items] == [item.identity for item in original.items]
 
 
 def test_score_depth_of_an_affine_copy_of_the_truth_is_perfect(data_dir):

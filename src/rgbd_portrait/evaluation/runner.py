@@ -38,6 +38,7 @@ speed
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import os
@@ -176,7 +177,9 @@ class EvaluationSet:
         reading = tqdm(entries, desc=f"reading {split} split", unit="sample", disable=not show_progress)
         self.all = [self._read(entry) for entry in reading]
         by_identity: dict[str, list[_Item]] = {}
-        for item in self.all:
+        # People in an order fixed by their names alone, so that a limit picks the same people whatever the
+        # folder layout, spread over every source rather than the first folder's first names.
+        for item in sorted(self.all, key=lambda item: (_identity_rank(item.identity), item.key)):
             by_identity.setdefault(item.identity, []).append(item)
         self.by_identity = by_identity
         # Identities in turn: the first sample of each, then the second of each, and so on.
@@ -195,6 +198,10 @@ class EvaluationSet:
         """The next sample of the same identity (in key order, wrapping), or the item itself if it is alone."""
         group = self.by_identity[item.identity]
         return group[(group.index(item) + 1) % len(group)]
+
+
+def _identity_rank(identity: str) -> bytes:
+    return hashlib.blake2b(identity.encode(), digest_size=8, person=b"eval-order").digest()
 
 
 def in_batches(items: Sequence, size: int) -> Iterator[Sequence]:
