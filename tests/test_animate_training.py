@@ -200,7 +200,7 @@ def test_dynamic_loss_weight_favours_the_cells_that_change():
     assert torch.allclose(weights[0].sum(dim=(2, 3)) - moving, torch.full((4, 8), 15.0))
 
 
-def test_mouth_inpainting_knows_the_generated_frames_outside_the_mouth_box_only():
+def test_mouth_inpainting_knows_the_reference_outside_the_mouth_box_of_the_generated_frames_only():
     scheduler = DDPMScheduler(prediction_type="v_prediction")
     plain = dataclasses.replace(MotionStageConfig(), clip_frames=3, motion_frames=1, motion_frames_dropout=0.0)
     inpainting = dataclasses.replace(plain, mouth_inpainting=1.0)
@@ -208,6 +208,7 @@ def test_mouth_inpainting_knows_the_generated_frames_outside_the_mouth_box_only(
     foreground = torch.ones(2, 3, 1, 4, 4)
     # 32-px frames, 8-px latent cells: the first clip's box covers rows 2-3 and columns 1-2; the second has none.
     boxes = torch.tensor([[17.0, 30.0, 9.0, 20.0], [float("nan")] * 4])
+    references = torch.randn(2, 8, 4, 4)
     draw = lambda stage, mouth_boxes: make_clip_inputs(
         clean,
         foreground,
@@ -215,6 +216,7 @@ def test_mouth_inpainting_knows_the_generated_frames_outside_the_mouth_box_only(
         stage=stage,
         generator=torch.Generator().manual_seed(0),
         mouth_boxes=mouth_boxes,
+        still_latents=references,
         side=32,
     )
     without, inpainted = draw(plain, boxes), draw(inpainting, boxes)
@@ -230,6 +232,21 @@ def test_mouth_inpainting_knows_the_generated_frames_outside_the_mouth_box_only(
     weights = inpainted.loss_weights.view(2, 3, 8, 4, 4)
     assert (weights[0, 1:, :, mouth] == 1).all() and (weights[0, 1:, :, ~mouth] == 0).all()
     assert (weights[1, 1:] == 1).all()
+    # What is known around the mouth is the still reference, as animation gives the photo: each frame's own
+    # surround would tell the mouth's opening. Motion frames, and clips generated whole, keep their own latents.
+    known = inpainted.known.view(2, 3, 8, 4, 4)
+    assert torch.equal(known[0, 1:], references[0].expand(2, -1, -1, -1))
+    assert torch.equal(known[0, 0], clean[0, 0]) and torch.equal(known[1], clean[1])
+    with pytest.raises(ValueError, match="still latents"):
+        make_clip_inputs(
+            clean,
+            foreground,
+            scheduler=scheduler,
+            stage=inpainting,
+            generator=torch.Generator(),
+            mouth_boxes=boxes,
+            side=32,
+        )
 
 
 def test_the_clip_mouth_box_spans_its_frames_landmarks(tmp_path):

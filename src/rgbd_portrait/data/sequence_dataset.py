@@ -14,6 +14,7 @@ Items (default collation works on them; F = clip_frames, W = 2·audio_radius + 1
     depth_observed (F, 1, H, W) float, 1 where that depth was observed rather than extrapolated
     audio          (F, W, D) each frame's audio features with its ± audio_radius neighbours
     reference_rgb  (3, H, W) another frame of the same sequence, outside the clip when there is one
+    reference_depth (1, H, W) its depth, as `depth`
     mouth_box      (4,) float the clip's mouth region (`mouth_box_of`), NaN for frames without face landmarks
     frame_index    (F,) int64 the frames' indices in their sequence
     identity, key  strings
@@ -224,6 +225,7 @@ class TalkingClipDataset(Dataset):
             "depth_observed": torch.stack([item["depth_observed"] for item in items]),
             "audio": torch.from_numpy(windows),
             "reference_rgb": reference["rgb"],
+            "reference_depth": reference["depth"],
             "mouth_box": torch.from_numpy(self.mouth_box_of(index)),
             "frame_index": torch.tensor(frame_numbers, dtype=torch.int64),
             "identity": sequence.identity,

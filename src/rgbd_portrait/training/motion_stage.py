@@ -17,7 +17,11 @@ For a batch of B clips of F frames the objective draws, from one seeded generato
   and both with `condition_dropout` (the unconditional branch of `rgbd_portrait.pipelines.animate`);
 * mouth inpainting: a share `mouth_inpainting` of the clips whose frames have face landmarks are known outside
   their mouth region on the generated frames too (`rgbd_portrait.data.face_regions`; masks 1 there, no loss),
-  as mouth-only animation gives the photo: the model learns to fill in the speaking mouth.
+  and what is known there is the clip's reference frame, both modalities, as mouth-only animation gives the
+  photo: the model learns to fill in the speaking mouth from the audio. Not each frame's own surround: that
+  tells the mouth (a linear read-out of its latents outside the box follows the mouth opening at 0.87 on
+  held-out GRID clips), so layers trained on it copy the cheeks and chin instead of listening, and at
+  animation, where the surround is a still photo, the mouth stays as the photo's.
 
 The loss is the joint stage's weighted MSE (ε, v or x0 target) over the generated frames, optionally weighted
 up where the clip changes (`dynamic_loss_weight`): the mouth covers a few latent cells of a mostly still head,
@@ -43,7 +47,7 @@ from rgbd_portrait.data.sample_format import read_meta
 from rgbd_portrait.data.sequence_dataset import TalkingClipDataset, TalkingClipMixture, find_sequences
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models.context import ClipImageContext
-from rgbd_portrait.models.layout import expand_masks, join_modalities, task_masks
+from rgbd_portrait.models.layout import expand_masks, join_modalities, split_modalities, task_masks
 from rgbd_portrait.models.motion import MotionLayers
 from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
 from rgbd_portrait.pipelines.animate import sample_clip
@@ -145,6 +149,8 @@ class ClipInputs:
     noisy: torch.Tensor  # (B·F, 2C, h, w)
     known: torch.Tensor  # (B·F, 2C, h, w) clean latents (the layout zeroes those of unknown modalities)
     masks: torch.Tensor  # (B·F, 2, h, w) 1 on motion frames, and outside the mouth box of mouth-inpainting clips
+    # `known` holds the clean latents of each frame, but the still latents on the mouth-inpainting clips' generated
+    # frames.
     timesteps: torch.Tensor  # (B·F,) one per clip, repeated
     drop_reference: torch.Tensor  # (B,) bool
     drop_audio: torch.Tensor  # (B·F,) bool
@@ -161,6 +167,7 @@ def make_clip_inputs(
     generator: torch.Generator,
     depth_weight: torch.Tensor | None = None,
     mouth_boxes: torch.Tensor | None = None,
+    still_latents: torch.Tensor | None = None,
     side: int | None = None,
 ) -> ClipInputs:
     """Draw timesteps, noise, motion frames and condition dropout for clean latents (B, F, 2C, h, w).
@@ -168,7 +175,8 @@ def make_clip_inputs(
     `foreground` (B, F, 1, h, w) is `latent_foreground` of the frames' masks; `generator` lives on the device;
     `depth_weight` (B, F, 1, h, w), e.g. `depth_trust` of the frames, scales the depth channels' loss (None: 1).
     `mouth_boxes` (B, 4), the clips' `mouth_box` in pixels of `side`-pixel frames (NaN: none), let a share
-    `stage.mouth_inpainting` of the clips with one be known outside it on their generated frames.
+    `stage.mouth_inpainting` of the clips with one be known outside it on their generated frames: known as
+    `still_latents` (B, 2C, h, w), the clips' reference frames (required with mouth boxes).
     """
     clips, frames = clean.shape[:2]
     device = clean.device
@@ -187,13 +195,17 @@ def make_clip_inputs(
     height, width = flat.shape[2:]
     masks = task_masks("joint", batch_size=flat.shape[0], height=height, width=width, device=device, dtype=flat.dtype)
     masks[given] = 1.0
+    known = flat
     if stage.mouth_inpainting and mouth_boxes is not None:
+        if still_latents is None or still_latents.shape != (clips, *flat.shape[1:]):
+            raise ValueError(f"mouth inpainting needs still latents of shape {(clips, *flat.shape[1:])}")
         # Drawn only when asked for, so runs without it keep their random stream.
         chosen = torch.rand(clips, generator=generator, device=device) < stage.mouth_inpainting
         chosen &= mouth_boxes.isfinite().all(dim=1).to(device)
         outside = ~box_cells(mouth_boxes.to(device), (height, width), side)  # (B, h, w)
         still = (chosen[:, None] & ~given.view(clips, frames)).flatten()
         masks[still] = outside.repeat_interleave(frames, dim=0)[still, None].to(masks.dtype).expand(-1, 2, -1, -1)
+        known = torch.where(still[:, None, None, None], still_latents.repeat_interleave(frames, dim=0), flat)
     background = stage.background_loss_weight
     spatial = background + (1.0 - background) * foreground.flatten(0, 1).to(flat.dtype)
     if stage.dynamic_loss_weight:
@@ -206,7 +218,7 @@ def make_clip_inputs(
         loss_weights = loss_weights * modality_weights.flatten(0, 1).repeat_interleave(latent_channels, dim=1)
     return ClipInputs(
         noisy=scheduler.add_noise(flat, noise, timesteps),
-        known=flat,
+        known=known,
         masks=masks,
         timesteps=timesteps,
         drop_reference=drop_reference,
@@ -226,7 +238,17 @@ def clip_change(clean: torch.Tensor) -> torch.Tensor:
 class ClipSamples(Dataset):
     """Clips of a `TalkingClipDataset` or mixture by (index, epoch), tensors only (what a training step reads)."""
 
-    names = ("rgb", "depth", "mask", "pseudo_depth", "depth_observed", "audio", "reference_rgb", "mouth_box")
+    names = (
+        "rgb",
+        "depth",
+        "mask",
+        "pseudo_depth",
+        "depth_observed",
+        "audio",
+        "reference_rgb",
+        "reference_depth",
+        "mouth_box",
+    )
 
     def __init__(self, clips: TalkingClipDataset | TalkingClipMixture):
         self.clips = clips
@@ -280,6 +302,7 @@ class LatentClipSamples(Dataset):
             "pseudo_depth": latents["pseudo_depth"][frames],
             "audio": torch.from_numpy(clips.audio_of(local)),
             "reference_latents": latents["rgb"][reference],
+            "reference_depth_latents": latents["depth"][reference],
             "mouth_box": torch.from_numpy(clips.mouth_box_of(local)),
         }
 
@@ -358,27 +381,29 @@ class MotionRecipe:
         self.model.denoiser.enable_gradient_checkpointing()
 
     @torch.no_grad()
-    def _latents(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Clean latents (B, F, 2C, h, w), their foreground (B, F, 1, h, w), the reference latents, and the
-        depth loss weight of each latent cell (B, F, 1, h, w); from cached latents when the recipe uses them."""
+    def _latents(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Clean latents (B, F, 2C, h, w), their foreground (B, F, 1, h, w), the reference frames' clean latents
+        (B, 2C, h, w), and the depth loss weight of each latent cell (B, F, 1, h, w); from cached latents when the
+        recipe uses them."""
         clips, frames = batch["pseudo_depth"].shape[:2]
         unflatten = lambda tensor: tensor.unflatten(0, (clips, frames))
         if self.uses_latents:
             clean = join_modalities(batch["rgb_latents"].flatten(0, 1), batch["depth_latents"].flatten(0, 1))
             foreground, observed = batch["foreground"].flatten(0, 1), batch["depth_observed"].flatten(0, 1)
-            reference_latents = batch["reference_latents"]
+            reference = join_modalities(batch["reference_latents"], batch["reference_depth_latents"])
         else:
             codec = self.model.codec
             clean = codec.encode_rgbd(batch["rgb"].flatten(0, 1), batch["depth"].flatten(0, 1))
             latent_size = tuple(clean.shape[2:])
             foreground = latent_foreground(batch["mask"].flatten(0, 1), latent_size)
             observed = latent_foreground(batch["depth_observed"].flatten(0, 1), latent_size)
-            reference_latents = codec.encode_rgb(batch["reference_rgb"])
+            reference = codec.encode_rgbd(batch["reference_rgb"], batch["reference_depth"])
         depth_weight = depth_trust(batch["pseudo_depth"].flatten(), observed, self.stage)
-        return unflatten(clean), unflatten(foreground), reference_latents, unflatten(depth_weight)
+        return unflatten(clean), unflatten(foreground), reference, unflatten(depth_weight)
 
     def loss(self, module: nn.Module, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, Batch]:
-        clean, foreground, reference_latents, depth_weight = self._latents(batch)
+        clean, foreground, reference, depth_weight = self._latents(batch)
+        reference_latents, _ = split_modalities(reference)
         inputs = make_clip_inputs(
             clean,
             foreground,
@@ -387,6 +412,7 @@ class MotionRecipe:
             generator=generator,
             depth_weight=depth_weight,
             mouth_boxes=batch["mouth_box"],
+            still_latents=reference,
             side=clean.shape[-2] * self.model.codec.downscale_factor,
         )
         prediction = module(
