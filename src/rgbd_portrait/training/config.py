@@ -203,8 +203,8 @@ class MotionStageConfig(StageConfig):
     pseudo_depth_weight: float = 1.0
     extrapolated_depth_weight: float = 1.0
     # Share of the clips with face landmarks (prepared videos) whose frames are known outside the mouth region
-    # (`rgbd_portrait.data.face_regions`): the model learns to fill in the speaking mouth, as mouth-only
-    # animation asks of it.
+    # (`rgbd_portrait.data.face_regions`), as the clip's reference frame there: the model learns to fill in the
+    # speaking mouth from the audio, as mouth-only animation asks of it.
     mouth_inpainting: float = 0.0
     # Train the backbone, reference net and context too (by default only the motion layers train).
     train_image_layers: bool = False
