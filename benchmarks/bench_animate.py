@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import platform
@@ -278,18 +279,20 @@ def generate_clip(
     steps: int,
     options: dict | None = None,
     cache: Path | None = None,
+    cache_key: str = "",
 ):
     """Generated RGB (T, 3, S, S) and depth (T, S, S) in [0, 1] for a reference image and an audio file
     (`options` go to `iter_animation`); with `cache`, kept in that .npz file and read from it by a later run
-    (rerunning the measures costs no sampling)."""
+    with the same `cache_key` (`generation_key`: rerunning the measures costs no sampling)."""
     if cache is not None and cache.is_file():
         stored = np.load(cache)
-        return torch.from_numpy(stored["rgb"]), stored["depth"]
+        if "key" in stored.files and stored["key"].item() == cache_key:
+            return torch.from_numpy(stored["rgb"]), stored["depth"]
     prepared = prepare_animation(pipeline, reference, audio, fps=fps, center_on_face=False)
     rgb, depth = _generate_clip(pipeline, prepared, steps=steps, options=options)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache.with_suffix(".tmp.npz"), rgb=rgb.numpy(), depth=depth)
+        np.savez(cache.with_suffix(".tmp.npz"), rgb=rgb.numpy(), depth=depth, key=np.array(cache_key))
         cache.with_suffix(".tmp.npz").replace(cache)
     return rgb, depth
 
@@ -381,6 +384,7 @@ def animate_real_clip(
     folder: Path,
     shuffled: bool,
     cache_folder: Path | None,
+    cache_key: str = "",
     options: dict | None = None,
 ) -> dict:
     """Every real-face measure of one clip (see the module docstring); `control` is the next clip."""
@@ -395,6 +399,7 @@ def animate_real_clip(
         steps=steps,
         options=options,
         cache=cache_folder / f"{clip['name']}_{speaker['name']}.npz" if cache_folder else None,
+        cache_key=cache_key,
     )
     generated_rgb, generated_depth = speak(clip)
     frames = min(len(generated_rgb), len(clip["rgb"]))
@@ -445,6 +450,18 @@ def animate_real_clip(
     return result
 
 
+def generation_key(args: argparse.Namespace, options: dict) -> str:
+    """What a cached generation depends on: the model's weights (their bytes), the steps and the options."""
+    weights = hashlib.sha256()
+    if args.model:
+        for path in sorted(Path(args.model).rglob("*.safetensors")):
+            weights.update(path.read_bytes())
+    else:
+        weights.update(f"random weights from {args.config}".encode())
+    made_by = {"weights": weights.hexdigest(), "frames": args.frames, "steps": args.quality_steps, "options": options}
+    return json.dumps(made_by, sort_keys=True, default=str)
+
+
 def run_real_benchmark(args: argparse.Namespace, argv: list[str] | None, work: Path) -> str:
     """The real-face measures on every prepared talking video below `args.real`; the report as Markdown."""
     from rgbd_portrait.data.prepare.faces import FaceFinder
@@ -459,6 +476,7 @@ def run_real_benchmark(args: argparse.Namespace, argv: list[str] | None, work: P
     media = out.with_name(out.stem)
     media.mkdir(parents=True, exist_ok=True)
     sections, sheet_rows, everything = [], [], []
+    cache_key = generation_key(args, animation_options(args)) if args.cache else ""
     for root, sequences in groups:
         clips = [read_real_clip(sequence, finder, work=work, frames=args.frames) for sequence in sequences]
         start = time.perf_counter()
@@ -472,6 +490,7 @@ def run_real_benchmark(args: argparse.Namespace, argv: list[str] | None, work: P
                 folder=work,
                 shuffled=args.shuffled_generation,
                 cache_folder=Path(args.cache) / Path(root).name if args.cache else None,
+                cache_key=cache_key,
                 options=animation_options(args),
             )
             for number, clip in enumerate(clips)
@@ -563,7 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", nargs="+", help="folders of prepared talking videos: the real-face measures only")
     parser.add_argument("--limit", type=int, help="real clips per folder (default all)")
     parser.add_argument("--frames", type=int, help="animate only the first FRAMES frames of each real clip")
-    parser.add_argument("--cache", help="keep the real clips' generated frames here, and reuse them (same settings!)")
+    parser.add_argument(
+        "--cache", help="keep the real clips' generated frames here, reused by runs of the same weights and settings"
+    )
     parser.add_argument(
         "--no-start-from-reference",
         dest="start_from_reference",
