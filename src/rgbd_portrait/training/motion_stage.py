@@ -147,10 +147,10 @@ class ClipInputs:
     """Everything one training forward pass needs besides the reference and the audio, frames flattened."""
 
     noisy: torch.Tensor  # (B·F, 2C, h, w)
-    known: torch.Tensor  # (B·F, 2C, h, w) clean latents (the layout zeroes those of unknown modalities)
+    # (B·F, 2C, h, w) each frame's clean latents, the reference's on the generated frames of mouth-inpainting clips
+    # (the layout zeroes those of unknown modalities)
+    known: torch.Tensor
     masks: torch.Tensor  # (B·F, 2, h, w) 1 on motion frames, and outside the mouth box of mouth-inpainting clips
-    # `known` holds the clean latents of each frame, but the still latents on the mouth-inpainting clips' generated
-    # frames.
     timesteps: torch.Tensor  # (B·F,) one per clip, repeated
     drop_reference: torch.Tensor  # (B,) bool
     drop_audio: torch.Tensor  # (B·F,) bool
@@ -381,7 +381,7 @@ class MotionRecipe:
         self.model.denoiser.enable_gradient_checkpointing()
 
     @torch.no_grad()
-    def _latents(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _latents(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Clean latents (B, F, 2C, h, w), their foreground (B, F, 1, h, w), the reference frames' clean latents
         (B, 2C, h, w), and the depth loss weight of each latent cell (B, F, 1, h, w); from cached latents when the
         recipe uses them."""
