@@ -476,7 +476,8 @@ def run_real_benchmark(args: argparse.Namespace, argv: list[str] | None, work: P
     media = out.with_name(out.stem)
     media.mkdir(parents=True, exist_ok=True)
     sections, sheet_rows, everything = [], [], []
-    cache_key = generation_key(args, animation_options(args)) if args.cache else ""
+    options = animation_options(args)
+    cache_key = generation_key(args, options) if args.cache else ""
     for root, sequences in groups:
         clips = [read_real_clip(sequence, finder, work=work, frames=args.frames) for sequence in sequences]
         start = time.perf_counter()
@@ -491,7 +492,7 @@ def run_real_benchmark(args: argparse.Namespace, argv: list[str] | None, work: P
                 shuffled=args.shuffled_generation,
                 cache_folder=Path(args.cache) / Path(root).name if args.cache else None,
                 cache_key=cache_key,
-                options=animation_options(args),
+                options=options,
             )
             for number, clip in enumerate(clips)
         ]

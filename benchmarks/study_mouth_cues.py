@@ -36,7 +36,7 @@ from rgbd_portrait.data.audio import make_audio_features
 from rgbd_portrait.data.face_regions import box_cells
 from rgbd_portrait.data.sample_format import read_sequence_audio
 from rgbd_portrait.data.sequence_dataset import TalkingClipDataset
-from rgbd_portrait.evaluation.lipsync import frame_loudness, mouth_opening
+from rgbd_portrait.evaluation.lipsync import frame_loudness, mouth_opening, pearson
 from rgbd_portrait.models import RGBDPortraitModel
 from rgbd_portrait.weights import default_model_dir
 
@@ -101,18 +101,14 @@ def centred(sequences: list[Sequence], cue: str) -> tuple[np.ndarray, np.ndarray
     return features, mouth
 
 
-def fit_ridge(features: np.ndarray, target: np.ndarray, strength: float) -> tuple[np.ndarray, np.ndarray]:
-    """Weights on standardised features (their scale returned too), for centred features and target."""
+def fit_ridges(features: np.ndarray, target: np.ndarray, strengths) -> dict[float, np.ndarray]:
+    """Ridge weights (on standardised features, returned for the raw ones) per strength, for centred features
+    and target: the Gram matrix is formed once for all strengths."""
     scale = features.std(0) + 1e-6
     scaled = features / scale
-    weights = np.linalg.solve(scaled.T @ scaled + strength * np.eye(scaled.shape[1]), scaled.T @ target)
-    return weights / scale, scale
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    norm = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / norm) if norm > 0 else float("nan")
+    gram, moment = scaled.T @ scaled, scaled.T @ target
+    identity = np.eye(len(gram))
+    return {strength: np.linalg.solve(gram + strength * identity, moment) / scale for strength in strengths}
 
 
 def scores(weights: np.ndarray, sequences: list[Sequence], cue: str) -> list[float]:
@@ -123,15 +119,13 @@ def read_out(train: list[Sequence], cue: str) -> tuple[np.ndarray, float, float]
     """Ridge weights fitted on all of `train` at the strength best on its held-out fifth; that strength and the
     held-out score."""
     held_out = train[::5]
-    fitting = [s for s in train if s not in held_out]
-    features, mouth = centred(fitting, cue)
+    fitting = [sequence for number, sequence in enumerate(train) if number % 5]
     validation = {
-        strength: float(np.nanmean(scores(fit_ridge(features, mouth, strength)[0], held_out, cue)))
-        for strength in RIDGE_STRENGTHS
+        strength: float(np.nanmean(scores(weights, held_out, cue)))
+        for strength, weights in fit_ridges(*centred(fitting, cue), RIDGE_STRENGTHS).items()
     }
     best = max(validation, key=validation.get)
-    weights, _ = fit_ridge(*centred(train, cue), best)
-    return weights, best, validation[best]
+    return fit_ridges(*centred(train, cue), [best])[best], best, validation[best]
 
 
 def quoted(text: str) -> str:
