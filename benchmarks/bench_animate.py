@@ -103,12 +103,20 @@ MOUTH_ONLY = "only the mouth box generated, the rest of every frame the referenc
 
 def animation_options(args: argparse.Namespace) -> dict:
     """The `iter_animation` options chosen on the command line (explicit, so that a report says what ran)."""
-    return {"start_from_reference": args.start_from_reference, "mouth_only": args.mouth_only}
+    options = {"start_from_reference": args.start_from_reference, "mouth_only": args.mouth_only}
+    if args.mouth_guidance is not None:
+        options["mouth_guidance"] = args.mouth_guidance
+    return options
 
 
 def describe_animation(args: argparse.Namespace) -> str:
     start = "the reference is the first known frame" if args.start_from_reference else FIRST_WINDOW_GENERATED
-    return start + (f"; {MOUTH_ONLY}" if args.mouth_only else "; whole frames generated, whatever the model's default")
+    described = start + (
+        f"; {MOUTH_ONLY}" if args.mouth_only else "; whole frames generated, whatever the model's default"
+    )
+    if args.mouth_guidance is not None:
+        described += f"; mouth guidance {args.mouth_guidance:g}"
+    return described
 
 
 def correlation(first: np.ndarray, second: np.ndarray) -> float:
@@ -597,6 +605,11 @@ def main(argv: list[str] | None = None) -> int:
         "--mouth-only",
         action="store_true",
         help="animate only the mouth and jaw, the rest of each frame the reference's (`animate --mouth-only`)",
+    )
+    parser.add_argument(
+        "--mouth-guidance",
+        type=float,
+        help="with --mouth-only, the mouth guide's strength (`animate --mouth-guidance`; default: the model's)",
     )
     parser.add_argument(
         "--shuffled-generation", action="store_true", help="also animate each clip with the next clip's audio"

@@ -33,11 +33,12 @@ from tqdm.auto import tqdm
 
 from benchmark_support import command_line, machine_line, write_markdown
 from rgbd_portrait.data.audio import make_audio_features
-from rgbd_portrait.data.face_regions import box_cells
+from rgbd_portrait.data.face_regions import box_cells, mouth_opening
 from rgbd_portrait.data.sample_format import read_sequence_audio
 from rgbd_portrait.data.sequence_dataset import TalkingClipDataset
-from rgbd_portrait.evaluation.lipsync import frame_loudness, mouth_opening, pearson
+from rgbd_portrait.evaluation.lipsync import frame_loudness, pearson
 from rgbd_portrait.models import RGBDPortraitModel
+from rgbd_portrait.training.mouth_guide import ridge_read_out
 from rgbd_portrait.weights import default_model_dir
 
 CUES = {
@@ -46,7 +47,6 @@ CUES = {
     "surround": "codec latents outside the mouth box (each frame's own: what training knew)",
     "inside": "codec latents inside the mouth box (what is generated: the ceiling)",
 }
-RIDGE_STRENGTHS = 10.0 ** np.arange(-1, 6)
 
 
 @dataclass
@@ -95,37 +95,14 @@ def read_sequences(root: str, model: RGBDPortraitModel) -> list[Sequence]:
     return sequences
 
 
-def centred(sequences: list[Sequence], cue: str) -> tuple[np.ndarray, np.ndarray]:
-    features = np.concatenate([s.cues[cue] - s.cues[cue].mean(0) for s in sequences])
-    mouth = np.concatenate([s.mouth - s.mouth.mean() for s in sequences])
-    return features, mouth
-
-
-def fit_ridges(features: np.ndarray, target: np.ndarray, strengths) -> dict[float, np.ndarray]:
-    """Ridge weights (on standardised features, returned for the raw ones) per strength, for centred features
-    and target: the Gram matrix is formed once for all strengths."""
-    scale = features.std(0) + 1e-6
-    scaled = features / scale
-    gram, moment = scaled.T @ scaled, scaled.T @ target
-    identity = np.eye(len(gram))
-    return {strength: np.linalg.solve(gram + strength * identity, moment) / scale for strength in strengths}
-
-
 def scores(weights: np.ndarray, sequences: list[Sequence], cue: str) -> list[float]:
     return [pearson(s.cues[cue] @ weights, s.mouth) for s in sequences]
 
 
 def read_out(train: list[Sequence], cue: str) -> tuple[np.ndarray, float, float]:
-    """Ridge weights fitted on all of `train` at the strength best on its held-out fifth; that strength and the
-    held-out score."""
-    held_out = train[::5]
-    fitting = [sequence for number, sequence in enumerate(train) if number % 5]
-    validation = {
-        strength: float(np.nanmean(scores(weights, held_out, cue)))
-        for strength, weights in fit_ridges(*centred(fitting, cue), RIDGE_STRENGTHS).items()
-    }
-    best = max(validation, key=validation.get)
-    return fit_ridges(*centred(train, cue), [best])[best], best, validation[best]
+    """Ridge weights fitted on all of `train` at the strength best on its held-out fifth (the mouth guide's fit,
+    `rgbd_portrait.training.mouth_guide`); that strength and the held-out score."""
+    return ridge_read_out([(s.cues[cue], s.mouth) for s in train])
 
 
 def quoted(text: str) -> str:

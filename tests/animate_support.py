@@ -32,19 +32,25 @@ def write_fake_sequence(
     seed: int = 0,
     missing: tuple[int, ...] = (),
     frame_meta: dict | None = None,
+    speaking_landmarks: np.ndarray | None = None,
 ) -> Path:
     """A sequence of `seconds` at 25 fps whose mouth follows the speech's loudness; `missing` frames are left out,
     as `rgbd-portrait prepare` leaves out frames without a face; `frame_meta` is added to every frame's meta (e.g.
-    a prepared video's `depth_source` and `face_landmarks`)."""
+    a prepared video's `depth_source` and `face_landmarks`); `speaking_landmarks` (478, 3), a face mesh given to
+    every frame with its inner lips (points 13, 14) parted by the frame's mouth opening."""
     rng = np.random.default_rng(seed)
     speech = synthesize_speech(rng, seconds=seconds, pitch_hz=120.0)
     count = int(seconds * SEQUENCE_FPS)
     loudness = speech.frame_envelope(SEQUENCE_FPS, count)
     base = {"identity": identity, "split": split}
-    frames = [
-        fake_frame(rng, size, opening=float(loudness[index]), meta={**base, **(frame_meta or {}), "frame_index": index})
-        for index in range(count)
-    ]
+    frames = []
+    for index in range(count):
+        meta = {**base, **(frame_meta or {}), "frame_index": index}
+        if speaking_landmarks is not None:
+            landmarks = np.array(speaking_landmarks, dtype=np.float64)
+            landmarks[14, 1] = landmarks[13, 1] + 4.0 * float(loudness[index])
+            meta["face_landmarks"] = landmarks.tolist()
+        frames.append(fake_frame(rng, size, opening=float(loudness[index]), meta=meta))
     write_sequence(folder, frames, meta=base, audio=speech.audio, sample_rate=speech.sample_rate)
     for index in missing:
         for path in sorted((folder / "frames" / f"{index:06d}").iterdir()):

@@ -299,3 +299,59 @@ def test_a_model_trained_for_the_mouth_animates_it_by_default_and_falls_back_wit
     asked.clear()
     _quietly(animate, pipe, files / "portrait.png", files / "speech.wav", mouth_only=False, **options)
     assert not asked  # whole frames asked for: no face mesh looked for
+
+
+def test_mouth_guidance_steers_the_generated_mouth_to_the_audio_s_opening(files, monkeypatch):
+    from rgbd_portrait.data.face_regions import JAW_OUTLINE, SUBNASALE
+    from rgbd_portrait.models.mouth_guide import MouthGuide
+    from rgbd_portrait.pipelines import animate as animate_module
+
+    pipe = RGBDPortraitPipeline.from_pretrained(files / "talking")
+    pipe.set_progress_bar_config(disable=True)
+    landmarks = np.zeros((478, 3))
+    landmarks[list(JAW_OUTLINE), :2] = [[5.0, 12.0], [10.0, 12.0]] * (len(JAW_OUTLINE) // 2) + [[7.5, 12.0]]
+    landmarks[SUBNASALE, :2] = [7.5, 10.0]
+    landmarks[10, 1] = 1.0  # the top of the face, for the photo's own opening
+    monkeypatch.setattr(pipe.face_centres, "landmarks", lambda pixels: landmarks)
+    windows = []
+    sample_clip = animate_module.sample_clip
+
+    def recording(*args, **kwargs):
+        latents = sample_clip(*args, **kwargs)
+        windows.append((kwargs, latents))
+        return latents
+
+    monkeypatch.setattr(animate_module, "sample_clip", recording)
+    options = dict(seconds=0.4, guidance_scale=1.0, num_inference_steps=1, mouth_only=True, output_type="pt")
+    speak = lambda **extra: animate(
+        pipe,
+        files / "portrait.png",
+        files / "speech.wav",
+        generator=torch.Generator().manual_seed(0),
+        **options,
+        **extra,
+    )
+    with pytest.raises(UserInputError, match="mouth guide"):
+        speak(mouth_guidance=1.0)
+
+    motion = pipe.model.motion
+    channels, cells = 2 * pipe.model.latent_channels, SIDE // 2
+    guide = MouthGuide(motion.audio_window, motion.config.audio_feature_dim, (channels, cells, cells))
+    torch.manual_seed(0)
+    for buffer in (guide.audio_weights, guide.latent_readout, guide.latent_direction):
+        buffer.normal_()
+    guide.latent_direction.copy_(guide.latent_readout)  # so that steering moves the read-out
+    motion.add_mouth_guide(guide)
+    speak(mouth_guidance=0.0)
+    unguided, windows[:] = list(windows), []
+    speak()  # the model's default strength, 1
+    for (kwargs, latents), (_, plain) in zip(windows, unguided):
+        given = 0 if kwargs["motion_latents"] is None else len(kwargs["motion_latents"])
+        targets, generated = kwargs["mouth_targets"], ~kwargs["still_mask"]
+        assert targets[:given].isnan().all() and targets[given:].isfinite().all()
+        # One trailing step ends on the steered prediction: the mouth reads the targets; the rest is the photo.
+        read = guide.read_opening(latents[given:], generated)
+        assert torch.allclose(read, targets[given:], atol=1e-3 * targets.abs().nanmean().item())
+        assert torch.equal(latents[given:, :, ~generated], plain[given:, :, ~generated])
+    with pytest.raises(UserInputError, match="mouth-only"):
+        animate(pipe, files / "portrait.png", files / "speech.wav", seconds=0.2, mouth_only=False, mouth_guidance=1.0)

@@ -42,6 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="keep the photo as it is outside the mouth and jaw and generate only them (needs MediaPipe); "
         "default: the model's (the shipped one's: on)",
     )
+    parser.add_argument(
+        "--mouth-guidance",
+        type=float,
+        help="with --mouth-only, how far each step steers the mouth toward the opening the audio predicts "
+        "(0 = off, 1 = all the way; default: the model's, for a model with a mouth guide)",
+    )
     parser.add_argument("--point-clouds", action="store_true", help="also write point_clouds/NNNNNN.ply per frame")
     parser.add_argument(
         "--audio-encoder", help="local speech-encoder folder, for a model trained on wav2vec2-like features"
@@ -73,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         motion_frames=args.motion_frames,
         start_from_reference=args.start_from_reference,
         mouth_only=args.mouth_only,
+        mouth_guidance=args.mouth_guidance,
         audio_encoder=args.audio_encoder,
         **options,
     )

@@ -1,4 +1,5 @@
-"""The region of a portrait that a speaking mouth moves, from its face-mesh landmarks.
+"""The region of a portrait that a speaking mouth moves, and how far the mouth is open, from its face-mesh
+landmarks.
 
 Mouth-only animation keeps the photo everywhere else; the motion stage learns to fill the region from the rest of
 the frame and the audio (`train.motion.mouth_inpainting`). Both use these functions, so the region they see is
@@ -10,9 +11,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-# MediaPipe face-mesh indices: the point below the nose, and the face outline's jaw from cheek to cheek.
+# MediaPipe face-mesh indices: the point below the nose, and the face outline's jaw from cheek to cheek; the
+# inner lips' middle points, and the top of the face and the chin.
 SUBNASALE = 2
 JAW_OUTLINE = (132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361)
+INNER_LIPS = (13, 14)
+FACE_TOP_AND_CHIN = (10, 152)
 # The open jaw drops by up to about a quarter of the nose-to-chin height: the region reaches that far below the
 # chin, and a tenth of the jaw's width past its sides.
 JAW_DROP = 0.25
@@ -29,6 +33,14 @@ def mouth_box(landmarks: np.ndarray) -> np.ndarray:
     return np.array(
         [top, chin + JAW_DROP * (chin - top), jaw[:, 0].min() - margin, jaw[:, 0].max() + margin], dtype=np.float32
     )
+
+
+def mouth_opening(landmarks: np.ndarray) -> float:
+    """Inner-lip distance over face height for 478 face-mesh landmarks (x, y[, z]) in any pixel units."""
+    points = np.asarray(landmarks, dtype=np.float64)[:, :2]
+    lips = np.linalg.norm(points[INNER_LIPS[0]] - points[INNER_LIPS[1]])
+    height = np.linalg.norm(points[FACE_TOP_AND_CHIN[0]] - points[FACE_TOP_AND_CHIN[1]])
+    return float(lips / height) if height > 0 else float("nan")
 
 
 def box_cells(box: torch.Tensor, latent_size: tuple[int, int], side: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ Items (default collation works on them; F = clip_frames, W = 2·audio_radius + 1
     reference_rgb  (3, H, W) another frame of the same sequence, outside the clip when there is one
     reference_depth (1, H, W) its depth, as `depth`
     mouth_box      (4,) float the clip's mouth region (`mouth_box_of`), NaN for frames without face landmarks
+    mouth_opening  (F,) float each frame's `face_regions.mouth_opening`, NaN for frames without face landmarks
     frame_index    (F,) int64 the frames' indices in their sequence
     identity, key  strings
 The reference of item i in epoch e is fixed by (seed, e, i), as in `PortraitDataset`.
@@ -37,7 +38,7 @@ from torch.utils.data import Dataset
 
 from rgbd_portrait.data.audio import AudioFeatures, audio_windows
 from rgbd_portrait.data.dataset import SPLITS, PortraitDataset
-from rgbd_portrait.data.face_regions import JAW_OUTLINE, mouth_box
+from rgbd_portrait.data.face_regions import JAW_OUTLINE, mouth_box, mouth_opening
 from rgbd_portrait.data.sample_format import FRAMES_FOLDER, is_sequence, read_meta, read_sequence_audio
 from rgbd_portrait.errors import UserInputError
 
@@ -135,7 +136,7 @@ class TalkingClipDataset(Dataset):
                 if all(first + offset in position for offset in range(clip_frames))
             ]
         self._features: dict[int, np.ndarray] = {}
-        self._mouth_boxes: dict[int, np.ndarray] = {}
+        self._mouths: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -153,30 +154,39 @@ class TalkingClipDataset(Dataset):
             )
         return self._features[sequence_number]
 
-    def _frame_mouth_boxes(self, sequence_number: int) -> np.ndarray:
-        """`face_regions.mouth_box` (frames, 4) of every frame of a sequence, in its `frames` order and the
-        clips' pixels; NaN for frames without face landmarks. Computed once and kept."""
-        if sequence_number not in self._mouth_boxes:
+    def _frame_mouths(self, sequence_number: int) -> tuple[np.ndarray, np.ndarray]:
+        """`face_regions.mouth_box` (frames, 4) and `mouth_opening` (frames,) of every frame of a sequence, in its
+        `frames` order, the boxes in the clips' pixels; NaN for frames without face landmarks. Read once, kept."""
+        if sequence_number not in self._mouths:
             frames = self.sequences[sequence_number].frames
             boxes = np.full((len(frames), 4), np.nan, dtype=np.float32)
+            openings = np.full(len(frames), np.nan, dtype=np.float32)
             for position, entry in enumerate(frames.entries):
                 landmarks = np.asarray(entry.read_meta().get("face_landmarks", []), dtype=np.float64).reshape(-1, 3)
                 if len(landmarks) > max(JAW_OUTLINE):
                     stored = entry.read().depth.shape[-1]  # the landmarks are in the stored crop's pixels
                     # Pixel centres are at integers in both the stored crop and the resized one.
                     boxes[position] = mouth_box((landmarks[:, :2] + 0.5) * ((self.resolution or stored) / stored) - 0.5)
-            self._mouth_boxes[sequence_number] = boxes
-        return self._mouth_boxes[sequence_number]
+                    openings[position] = mouth_opening(landmarks)
+            self._mouths[sequence_number] = boxes, openings
+        return self._mouths[sequence_number]
+
+    def _frame_positions(self, clip: _Clip) -> list[int]:
+        sequence = self.sequences[clip.sequence]
+        return [sequence.position[frame] for frame in self._frame_numbers(clip)]
 
     def mouth_box_of(self, index: int) -> np.ndarray:
         """Clip `index`'s mouth region (4,): the union of its frames' `mouth_box`es, NaN if a frame has none."""
         clip = self.clips[index]
-        sequence = self.sequences[clip.sequence]
-        positions = [sequence.position[frame] for frame in self._frame_numbers(clip)]
-        boxes = self._frame_mouth_boxes(clip.sequence)[positions]
+        boxes = self._frame_mouths(clip.sequence)[0][self._frame_positions(clip)]
         # NaN propagates through min and max: a clip with a frame without landmarks has no region.
         top, bottom, left, right = boxes.T
         return np.array([top.min(), bottom.max(), left.min(), right.max()], dtype=np.float32)
+
+    def mouth_openings_of(self, index: int) -> np.ndarray:
+        """Clip `index`'s mouth opening per frame (F,), NaN for frames without face landmarks."""
+        clip = self.clips[index]
+        return self._frame_mouths(clip.sequence)[1][self._frame_positions(clip)]
 
     def _reference_frame(self, clip: _Clip, index: int, epoch: int) -> int:
         sequence = self.sequences[clip.sequence]
@@ -227,6 +237,7 @@ class TalkingClipDataset(Dataset):
             "reference_rgb": reference["rgb"],
             "reference_depth": reference["depth"],
             "mouth_box": torch.from_numpy(self.mouth_box_of(index)),
+            "mouth_opening": torch.from_numpy(self.mouth_openings_of(index)),
             "frame_index": torch.tensor(frame_numbers, dtype=torch.int64),
             "identity": sequence.identity,
             "key": f"{sequence.folder.name}:{clip.first_frame:06d}",

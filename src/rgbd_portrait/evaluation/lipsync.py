@@ -1,8 +1,9 @@
 """Lip sync and crop stability of talking faces, measured the way talking-head papers do, from the face mesh.
 
 * Mouth opening: the distance between the inner lips (face-mesh points 13 and 14) over the face's height
-  (forehead point 10 to chin point 152), so it does not depend on the crop's scale. Frames where MediaPipe
-  finds no face are NaN and left out of every correlation.
+  (forehead point 10 to chin point 152), so it does not depend on the crop's scale
+  (`rgbd_portrait.data.face_regions.mouth_opening`). Frames where MediaPipe finds no face are NaN and left out
+  of every correlation.
 * Loudness: the RMS of the audio over each frame's span (frame N's audio starts at N / fps).
 * Speech from word timings: GRID's `.align` files (`start end word`, in 1/25 000 s; `sil` and `sp` are
   silence) as a per-frame 0/1 series.
@@ -19,18 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-INNER_LIPS = (13, 14)
-FACE_TOP_AND_CHIN = (10, 152)
+from rgbd_portrait.data.face_regions import mouth_opening
+
 ALIGN_UNITS_PER_SECOND = 25_000
 SILENCE_WORDS = ("sil", "sp")
-
-
-def mouth_opening(landmarks: np.ndarray) -> float:
-    """Inner-lip distance over face height for 478 face-mesh landmarks (x, y[, z]) in any pixel units."""
-    points = np.asarray(landmarks, dtype=np.float64)[:, :2]
-    lips = np.linalg.norm(points[INNER_LIPS[0]] - points[INNER_LIPS[1]])
-    height = np.linalg.norm(points[FACE_TOP_AND_CHIN[0]] - points[FACE_TOP_AND_CHIN[1]])
-    return float(lips / height) if height > 0 else float("nan")
 
 
 def mouth_openings(images, finder) -> np.ndarray:

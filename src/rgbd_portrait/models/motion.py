@@ -35,6 +35,7 @@ from torch import nn
 
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models.audio import AudioCrossAttention, AudioProjection
+from rgbd_portrait.models.mouth_guide import MouthGuide
 from rgbd_portrait.models.temporal import temporal_layer
 
 # The frame rate of the synthetic talking sequences and of prepared videos.
@@ -110,7 +111,9 @@ class MotionLayers(ModelMixin, ConfigMixin):
     were trained at; `window_frames` and `motion_frames` the clips they were trained on, which sampling uses by
     default (windows of that many frames, the first `motion_frames` of them given by the previous window);
     `mouth_only` whether animation generates only the mouth box by default (layers trained to fill it in,
-    `train.motion.mouth_inpainting`).
+    `train.motion.mouth_inpainting`); `mouth_guide_latents` the latent shape (2C, h, w) of a fitted `mouth_guide`
+    (`rgbd_portrait.models.mouth_guide`; None: none), and `mouth_guidance` the strength mouth-only animation
+    steers with by default.
     """
 
     @register_to_config
@@ -130,6 +133,8 @@ class MotionLayers(ModelMixin, ConfigMixin):
         window_frames: int = 12,
         motion_frames: int = 2,
         mouth_only: bool = False,
+        mouth_guide_latents: Sequence[int] | None = None,
+        mouth_guidance: float = 1.0,
     ):
         super().__init__()
         if not len(layer_names) == len(layer_channels) == len(audio_layers):
@@ -157,6 +162,9 @@ class MotionLayers(ModelMixin, ConfigMixin):
             else nn.Identity()
             for channels, has_audio in zip(layer_channels, audio_layers)
         )
+        self.mouth_guide = None
+        if mouth_guide_latents is not None:
+            self.mouth_guide = MouthGuide(2 * audio_radius + 1, audio_feature_dim, mouth_guide_latents)
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._state: _ClipState | None = None
 
@@ -177,6 +185,13 @@ class MotionLayers(ModelMixin, ConfigMixin):
             audio_feature_dim=audio_features.dim,
             **options,
         )
+
+    def add_mouth_guide(self, guide: MouthGuide) -> None:
+        """Hold a fitted `MouthGuide` (for the layers' audio windows), recorded in the config and saved with them."""
+        if tuple(guide.audio_weights.shape) != (self.audio_window, self.config.audio_feature_dim):
+            raise ValueError(f"a mouth guide for audio windows {tuple(guide.audio_weights.shape)} does not fit")
+        self.mouth_guide = guide.to(self.device)
+        self.register_to_config(mouth_guide_latents=list(guide.latent_readout.shape))
 
     @property
     def audio_window(self) -> int:

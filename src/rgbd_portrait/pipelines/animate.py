@@ -20,7 +20,9 @@ grows linearly with it.
 With `mouth_only`, every generated frame keeps the photo's latents (both modalities) outside the lower face,
 known to the backbone as in channel-wise inpainting, and only the mouth and jaw are generated: the video is the
 photographed person, still except for the speaking mouth. The region comes from the reference's face mesh
-(`rgbd_portrait.data.face_regions`).
+(`rgbd_portrait.data.face_regions`). A model whose motion layers hold a fitted `MouthGuide`
+(`train.motion.mouth_guide`) then steers each generated frame's mouth, at every denoising step, toward the
+opening its audio predicts (`mouth_guidance`: the strength, default the model's).
 
 Every frame of a window reads the same reference features, computed once per call; each frame hears its own
 audio window (`rgbd_portrait.data.audio`). Classifier-free guidance drops the reference and the audio together
@@ -41,7 +43,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from rgbd_portrait.data.audio import AudioTrack, audio_windows, load_audio, make_audio_features
-from rgbd_portrait.data.face_regions import box_cells, mouth_box
+from rgbd_portrait.data.face_regions import box_cells, mouth_box, mouth_opening
 from rgbd_portrait.devices import placement
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models.layout import join_modalities, split_modalities
@@ -191,6 +193,21 @@ def resolve_window(window_frames: int | None, motion_frames: int | None, motion:
     return window_frames, motion_frames
 
 
+def resolve_mouth_guidance(motion: MotionLayers, *, mouth_only: bool, mouth_guidance: float | None) -> float:
+    """The mouth guidance an animation steers with (0: none), given whether it is mouth-only: `mouth_guidance`, or
+    the model's default where it holds a mouth guide. Asking for guidance it cannot give is a one-line error."""
+    if mouth_guidance is not None and mouth_guidance < 0:
+        raise UserInputError(f"mouth_guidance: must be at least 0, got {mouth_guidance}")
+    if mouth_guidance and (motion.mouth_guide is None or not mouth_only):
+        raise UserInputError(
+            "mouth_guidance: needs mouth-only animation and a model with a mouth guide (trained with "
+            "train.motion.mouth_guide)"
+        )
+    if motion.mouth_guide is None or not mouth_only:
+        return 0.0
+    return float(motion.config.mouth_guidance if mouth_guidance is None else mouth_guidance)
+
+
 def sample_clip(
     model: RGBDPortraitModel,
     reference: ReferenceFeatures,
@@ -202,6 +219,8 @@ def sample_clip(
     still_latents: torch.Tensor | None = None,
     still_mask: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
+    mouth_targets: torch.Tensor | None = None,
+    mouth_guidance: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """One window: clean `[rgb, depth]` latents (F, 2C, h, w) of a clip of F frames of one reference.
@@ -209,7 +228,9 @@ def sample_clip(
     `reference` holds the features of that one reference (from `model.encode_reference`), `audio` (F, 2r + 1, D)
     each frame's audio window; `motion_latents` (M, 2C, h, w), if given, are the clip's first M frames, known.
     `still_latents` (1, 2C, h, w), with `still_mask` (h, w) bool, are known in every other frame where the mask
-    is set (the rest of the frame is generated).
+    is set (the rest of the frame is generated). `mouth_targets` (F,), with still latents, are the mouth openings
+    (as the motion layers' `mouth_guide` reads them) the generated region is steered to, `mouth_guidance` of the
+    way at each step; NaN leaves a frame unsteered.
     """
     motion = model.motion
     count = audio.shape[0]
@@ -232,6 +253,11 @@ def sample_clip(
         known[:given] = motion_latents
         known_mask[:given] = 1.0
     noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    steer = None
+    if mouth_targets is not None:
+        generated = ~still_mask.to(device)
+        targets = mouth_targets.to(device)
+        steer = lambda clean: motion.mouth_guide.steer(clean, targets, generated, strength=mouth_guidance)
     scheduler.set_timesteps(num_inference_steps, device=device)
     with motion.frames(count, batch_size=features.batch_size, audio_windows=audio, drop_audio=drop_audio):
         return sample_latents(
@@ -247,6 +273,7 @@ def sample_clip(
             guidance_scale=guidance_scale,
             generator=generator,
             progress_bar_config={"disable": True},
+            steer=steer,
         )
 
 
@@ -284,6 +311,7 @@ def iter_animation(
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     start_from_reference: bool = True,
     mouth_only: bool | None = None,
+    mouth_guidance: float | None = None,
     generator: torch.Generator | None = None,
     show_progress: bool = True,
 ) -> Iterator[AnimationChunk]:
@@ -298,6 +326,10 @@ def iter_animation(
     `mouth_only`: generate only the mouth and jaw (`face_regions.mouth_box` of the reference's face mesh); the
     rest of every frame is the photo's latents and predicted depth. None takes the model's default, set by
     training with mouth inpainting (see `mouth_landmarks`).
+
+    `mouth_guidance`: with `mouth_only` and a model holding a `MouthGuide`, how far each denoising step moves the
+    mouth toward the opening the audio predicts (0 = off, 1 = all the way; None: the model's
+    `mouth_guidance`). Giving it to a model without a guide, or without `mouth_only`, is a one-line error.
     """
     model, motion = pipeline.model, _motion_layers(pipeline)
     steps = num_inference_steps or model.default_steps
@@ -313,8 +345,9 @@ def iter_animation(
         motion.to(pipeline._offload_device)
     landmarks = mouth_landmarks(pipeline, prepared, mouth_only)
     mouth_only = landmarks is not None
+    strength = resolve_mouth_guidance(motion, mouth_only=mouth_only, mouth_guidance=mouth_guidance)
     previous: torch.Tensor | None = None  # clean latents of the last frames generated (or of the reference)
-    still_latents = still_mask = None
+    still_latents = still_mask = openings = None
     # Either branch runs the reference net once: the only run of the call.
     if (start_from_reference and motion_frames) or mouth_only:
         reference_latents, reference = reference_frame_latents(pipeline, prepared.reference, generator=generator)
@@ -324,6 +357,8 @@ def iter_animation(
             still_latents = reference_latents
             box = torch.from_numpy(mouth_box(landmarks))
             still_mask = ~box_cells(box, reference.latent_size, prepared.reference.shape[-1])
+            if strength > 0:
+                openings = mouth_openings(motion, prepared, reference_latents, ~still_mask, mouth_opening(landmarks))
     else:
         reference = pipeline._encode_reference(prepared.reference[None])
     total = prepared.frame_count
@@ -345,6 +380,8 @@ def iter_animation(
                 still_latents=still_latents,
                 still_mask=still_mask,
                 guidance_scale=guidance_scale,
+                mouth_targets=None if openings is None else guide_targets(openings, frame_numbers, given),
+                mouth_guidance=strength,
                 generator=generator,
             )
             previous = latents[-motion_frames:] if motion_frames else None
@@ -355,6 +392,29 @@ def iter_animation(
     finally:
         progress.close()
         pipeline._release_offloaded()
+
+
+def guide_targets(openings: torch.Tensor, frame_numbers: range, given: int) -> torch.Tensor:
+    """The window's mouth targets: `openings` of its frames, NaN (unsteered) on its `given` motion frames."""
+    targets = torch.full((len(frame_numbers),), float("nan"))
+    # The first window's motion frame is the reference itself, before frame 0.
+    targets[given:] = openings[frame_numbers.start + given : frame_numbers.stop]
+    return targets
+
+
+def mouth_openings(
+    motion: MotionLayers,
+    prepared: PreparedAnimation,
+    reference_latents: torch.Tensor,
+    generated: torch.Tensor,
+    reference_opening: float,
+) -> torch.Tensor:
+    """Every frame's mouth opening (frame_count,) for the guide to steer to, in its read-out's terms: the opening
+    the audio predicts, moved by how the photo's latents read against its face mesh's `reference_opening`."""
+    guide = motion.mouth_guide
+    windows = audio_windows(prepared.frame_features, range(prepared.frame_count), radius=motion.config.audio_radius)
+    offset = float(guide.read_opening(reference_latents, generated)[0]) - reference_opening
+    return torch.from_numpy(guide.openings_from_audio(windows) + offset).float()
 
 
 def _outer_bar(pipeline: RGBDPortraitPipeline) -> dict:
@@ -375,6 +435,7 @@ def animate(
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     start_from_reference: bool = True,
     mouth_only: bool | None = None,
+    mouth_guidance: float | None = None,
     resolution: int | None = None,
     fit: str | None = None,
     center_on_face: bool = True,
@@ -407,6 +468,7 @@ def animate(
             guidance_scale=guidance_scale,
             start_from_reference=start_from_reference,
             mouth_only=mouth_only,
+            mouth_guidance=mouth_guidance,
             generator=generator,
             show_progress=not pipeline._progress_bar_config.get("disable", False),
         )

@@ -40,6 +40,7 @@ from rgbd_portrait.pipelines.animate import (
     iter_animation,
     mouth_landmarks,
     prepare_animation,
+    resolve_mouth_guidance,
     resolve_window,
 )
 from rgbd_portrait.pipelines.export import RESULT_RECORD, check_destination
@@ -210,6 +211,7 @@ def run_animate(
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     start_from_reference: bool = True,
     mouth_only: bool | None = None,
+    mouth_guidance: float | None = None,
     resolution: int | None = None,
     fit: str | None = None,
     center_on_face: bool = True,
@@ -244,9 +246,12 @@ def run_animate(
         "num_inference_steps": num_inference_steps or pipeline.model.default_steps,
         "guidance_scale": guidance_scale,
         "start_from_reference": start_from_reference,
-        # As it will be animated: the model's default resolved, and whether a face was found for it.
+        # As it will be animated: the model's defaults resolved, and whether a face was found for it.
         "mouth_only": mouth_landmarks(pipeline, prepared, mouth_only) is not None,
     }
+    options["mouth_guidance"] = resolve_mouth_guidance(
+        pipeline.model.motion, mouth_only=options["mouth_only"], mouth_guidance=mouth_guidance
+    )
     record = {"task": "animate", "reference": str(reference), "audio": str(audio), "seed": seed, **options}
     writer = AnimationWriter(
         out_dir,

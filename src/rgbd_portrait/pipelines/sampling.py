@@ -14,6 +14,10 @@ The two variants differ only in what the backbone is told:
   masks, no known channels) and sees the known content only through the replaced noisy latents; this works for
   any region and needs no task-specific training.
 
+A `steer` function, if given, moves the clean latents each step's prediction implies (mouth guidance:
+`rgbd_portrait.models.mouth_guide`); the prediction is rewritten to imply the moved ones, so any scheduler of the
+variance-preserving family (DDIM, DDPM, DPM-Solver: `init_noise_sigma` 1) steps from it.
+
 Classifier-free guidance is over the reference: the unconditional branch drops it (attends only to itself,
 dropped context), as reference dropout does in training. Reference features are computed by the caller once
 and reused at every step.
@@ -21,13 +25,14 @@ and reused at every step.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
 from diffusers import SchedulerMixin
 from tqdm.auto import tqdm
 
+from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models.layout import MODALITIES
 from rgbd_portrait.models.reference import ReferenceFeatures
 from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
@@ -86,6 +91,33 @@ def guided_prediction(
     return unconditional + guidance_scale * (conditional - unconditional)
 
 
+def steered_prediction(
+    scheduler: SchedulerMixin,
+    latents: torch.Tensor,
+    prediction: torch.Tensor,
+    timestep: torch.Tensor,
+    steer: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """The prediction (ε, v or x0, the scheduler's type) at `timestep` that implies `steer` of the clean latents
+    that `prediction` implies for the noisy `latents`. Left as it is where ε does not fix them (no signal left)."""
+    alpha = scheduler.alphas_cumprod[int(timestep)].to(latents.device, torch.float64)
+    signal, noise = alpha.sqrt(), (1.0 - alpha).sqrt()
+    kind = scheduler.config.prediction_type
+    if kind == "sample":
+        return steer(prediction)
+    # ε implies no clean latents where no signal is left (zero terminal SNR), v none where no noise is.
+    if float(alpha) >= 1.0 or (kind == "epsilon" and float(alpha) < 1e-6):
+        return prediction
+    signal, noise = signal.to(latents.dtype), noise.to(latents.dtype)
+    if kind == "epsilon":
+        clean = (latents - noise * prediction) / signal
+        return (latents - signal * steer(clean)) / noise
+    if kind == "v_prediction":
+        clean = signal * latents - noise * prediction
+        return (signal * latents - steer(clean)) / noise
+    raise ValueError(f"unsupported prediction type {kind!r}; use epsilon, v_prediction or sample")
+
+
 def sample_latents(
     model: RGBDPortraitModel,
     latents: torch.Tensor,
@@ -100,13 +132,17 @@ def sample_latents(
     guidance_scale: float = 1.0,
     generator: torch.Generator | list[torch.Generator] | None = None,
     progress_bar_config: dict | None = None,
+    steer: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Denoise `latents` (B, 2C, h, w), the noisy state at `timesteps[0]`, along `timesteps` (from
     `scheduler.set_timesteps`, possibly a tail of them); returns the clean latents.
 
     `noise` (B, 2C, h, w) is the noise that re-noises the known latents. `reference` comes from
-    `model.encode_reference` (passed through `with_unconditional_branch` when `guidance_scale` > 1).
+    `model.encode_reference` (passed through `with_unconditional_branch` when `guidance_scale` > 1). `steer` maps
+    each step's clean-latent estimate (B, 2C, h, w) to where it should be (see the module text).
     """
+    if steer is not None and getattr(scheduler, "init_noise_sigma", 1.0) != 1.0:
+        raise UserInputError(f"steering needs a variance-preserving scheduler, not {type(scheduler).__name__}")
     if conditioning not in CONDITIONINGS:
         raise ValueError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, got {conditioning!r}")
     batch_size = latents.shape[0]
@@ -133,6 +169,8 @@ def sample_latents(
             reference=reference,
             guidance_scale=guidance_scale,
         )
+        if steer is not None:
+            prediction = steered_prediction(scheduler, latents, prediction, timestep, steer)
         latents = scheduler.step(prediction, timestep, latents, generator=generator).prev_sample
     if has_known:
         latents = known_mask * known + (1.0 - known_mask) * latents

@@ -206,6 +206,9 @@ class MotionStageConfig(StageConfig):
     # (`rgbd_portrait.data.face_regions`), as the clip's reference frame there: the model learns to fill in the
     # speaking mouth from the audio, as mouth-only animation asks of it.
     mouth_inpainting: float = 0.0
+    # Fit a mouth guide at the end of the stage, on the training clips with face landmarks: mouth-only animation
+    # then steers the mouth toward the opening the audio predicts (`rgbd_portrait.models.mouth_guide`).
+    mouth_guide: bool = False
     # Train the backbone, reference net and context too (by default only the motion layers train).
     train_image_layers: bool = False
     validation_inference_steps: int | None = None

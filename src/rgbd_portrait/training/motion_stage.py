@@ -23,6 +23,9 @@ For a batch of B clips of F frames the objective draws, from one seeded generato
   held-out GRID clips), so layers trained on it copy the cheeks and chin instead of listening, and at
   animation, where the surround is a still photo, the mouth stays as the photo's.
 
+With `mouth_guide`, the stage ends by fitting a `MouthGuide` on the training clips with face landmarks
+(`rgbd_portrait.training.mouth_guide`), which mouth-only animation steers the mouth with.
+
 The loss is the joint stage's weighted MSE (ε, v or x0 target) over the generated frames, optionally weighted
 up where the clip changes (`dynamic_loss_weight`): the mouth covers a few latent cells of a mostly still head,
 so its share of a plain loss is small. The depth of frames with pseudo-depth (prepared real videos) is weighted
@@ -32,9 +35,10 @@ as in the joint stage (`depth_trust`: `pseudo_depth_weight`, `extrapolated_depth
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import SchedulerMixin
 from torch import nn
@@ -54,6 +58,7 @@ from rgbd_portrait.pipelines.animate import sample_clip
 from rgbd_portrait.training.config import DataConfig, MotionStageConfig
 from rgbd_portrait.training.joint_objective import depth_trust, diffusion_target, latent_foreground, weighted_mse
 from rgbd_portrait.training.latent_cache import CachedLatents
+from rgbd_portrait.training.mouth_guide import SpeakingSequence, fit_mouth_guide
 from rgbd_portrait.training.seeding import derive_seed, make_generator
 from rgbd_portrait.training.validation import VALIDATION_SEED, depth_panel, rgb_panel, write_grid
 
@@ -248,6 +253,7 @@ class ClipSamples(Dataset):
         "reference_rgb",
         "reference_depth",
         "mouth_box",
+        "mouth_opening",
     )
 
     def __init__(self, clips: TalkingClipDataset | TalkingClipMixture):
@@ -304,6 +310,7 @@ class LatentClipSamples(Dataset):
             "reference_latents": latents["rgb"][reference],
             "reference_depth_latents": latents["depth"][reference],
             "mouth_box": torch.from_numpy(clips.mouth_box_of(local)),
+            "mouth_opening": torch.from_numpy(clips.mouth_openings_of(local)),
         }
 
 
@@ -459,8 +466,53 @@ class MotionRecipe:
         write_grid(path, rows)
         return {"loss": float(loss), "depth_change_ratio": _depth_change_ratio(depth, true_depth)}
 
+    def guide_batches(self, samples: Dataset, clips: TalkingClipDataset | TalkingClipMixture) -> Iterator[Batch]:
+        """The training clips a mouth guide is fitted on, one by one (a batch of 1, no epoch's draws): those that
+        tile each sequence with face landmarks, its clips from frames 0, F, 2F, …; each with `sequence`, a
+        number per sequence."""
+        parts = clips.parts if isinstance(clips, TalkingClipMixture) else [clips]
+        locations = clips.locations if isinstance(clips, TalkingClipMixture) else [(0, i) for i in range(len(clips))]
+        numbers: dict[tuple[int, int], int] = {}
+        for index, (part, local) in enumerate(locations):
+            clip = parts[part].clips[local]
+            if (
+                clip.first_frame % parts[part].clip_frames
+                or not np.isfinite(parts[part].mouth_openings_of(local)).all()
+            ):
+                continue
+            batch = {name: tensor[None] for name, tensor in samples[(index, 0)].items()}
+            yield batch | {"sequence": torch.tensor([numbers.setdefault((part, clip.sequence), len(numbers))])}
+
+    @torch.no_grad()
     def finish(self, batches: Iterable[Batch]) -> dict[str, float]:
-        return {}
+        """With `mouth_guide`, fit one on `batches` (from `guide_batches`) and add it to the motion layers; its
+        held-out correlations are the stage's final metrics."""
+        if not self.stage.mouth_guide:
+            return {}
+        device = self.model.backbone.device
+        frames: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        for batch in batches:
+            batch = {name: tensor.to(device) for name, tensor in batch.items()}
+            clean = self._latents(batch)[0][0]  # (F, 2C, h, w)
+            cells = box_cells(
+                batch["mouth_box"][0], tuple(clean.shape[-2:]), clean.shape[-2] * self.model.codec.downscale_factor
+            )
+            frames.setdefault(int(batch["sequence"]), []).append(
+                (
+                    batch["mouth_opening"][0].cpu().numpy(),
+                    batch["audio"][0].cpu().numpy(),
+                    (clean * cells).cpu().numpy(),
+                )
+            )
+        if len(frames) < 2:
+            raise UserInputError(
+                "train.motion.mouth_guide: fitting a mouth guide needs at least 2 talking sequences with face "
+                f"landmarks (prepared videos), found {len(frames)}"
+            )
+        sequences = [SpeakingSequence(*(np.concatenate(part) for part in zip(*clips))) for clips in frames.values()]
+        guide, scores = fit_mouth_guide(sequences)
+        self.model.motion.add_mouth_guide(guide)
+        return scores
 
 
 def _depth_change_ratio(generated: torch.Tensor, true_depth: torch.Tensor) -> float:

@@ -561,7 +561,10 @@ class Trainer:
         final = folders.final_model(name)
         if self.is_main:
             with ema.applied() if ema is not None else contextlib.nullcontext():
-                finishing = recipe.finish(self._calibration_batches(train_set, stage.batch_size))
+                if isinstance(recipe, MotionRecipe):
+                    finishing = recipe.finish(recipe.guide_batches(samples, train_set))
+                else:
+                    finishing = recipe.finish(self._calibration_batches(train_set, stage.batch_size))
                 if finishing:
                     logger.log("final", state.step, finishing)
                 model.save_pretrained(final, overwrite=True)

@@ -1,0 +1,64 @@
+"""`MouthGuide`: lip sync by steering mouth-only sampling toward the mouth opening the audio predicts.
+
+Motion layers that learn the mouth through the denoising loss alone stay at chance after the hundreds of steps a
+CPU affords (docs/animate.md), although a linear map from the audio features they hear already follows the true
+mouth (0.80 on held-out GRID clips of the training speaker, 0.63 on unseen speakers: `benchmarks/results/
+mouth_cues.md`). The guide holds three linear maps fitted in closed form on real talking video
+(`rgbd_portrait.training.mouth_guide`):
+
+* audio → opening: each frame's audio features with its ± r neighbours (the motion layers' windows), centred on
+  the track's mean, to the mouth opening (`face_regions.mouth_opening`), plus the speakers' mean opening;
+* latents → opening (`latent_readout`): the opening read from the codec latents (RGB and depth) of the mouth
+  region;
+* opening → latents (`latent_direction`): the mean change of those latents per unit of opening, the direction
+  in which a mouth opens.
+
+At each denoising step of a mouth-only animation the predicted clean latents of every generated frame move along
+the opening direction until their read-out says the opening the audio asks for, relative to the photo's own (its
+face mesh's opening and its latents' read-out); `strength` scales the move. The denoiser continues from the
+steered prediction, so the later steps draw the mouth it was moved to (classifier guidance with a regressor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class MouthGuide(nn.Module):
+    """The fitted maps (zeros until fitted or loaded): see the module text. Its buffers are saved with the motion
+    layers that hold it."""
+
+    def __init__(self, audio_window: int, audio_feature_dim: int, latent_shape: Sequence[int]):
+        super().__init__()
+        self.register_buffer("audio_weights", torch.zeros(audio_window, audio_feature_dim))
+        self.register_buffer("mean_opening", torch.zeros(()))
+        self.register_buffer("latent_readout", torch.zeros(*latent_shape))
+        self.register_buffer("latent_direction", torch.zeros(*latent_shape))
+
+    def openings_from_audio(self, windows: np.ndarray) -> np.ndarray:
+        """The mouth opening per frame (T,) that the audio windows (T, window, D) of a whole track predict."""
+        flat = np.asarray(windows, dtype=np.float64).reshape(len(windows), -1)
+        weights = self.audio_weights.detach().double().cpu().numpy().reshape(-1)
+        return float(self.mean_opening) + (flat - flat.mean(axis=0)) @ weights
+
+    def read_opening(self, latents: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """The opening read from latents (N, 2C, h, w) on the latent cells (h, w) of the mouth region: (N,)."""
+        readout = self.latent_readout.to(latents) * cells.to(latents)
+        return (latents * readout).flatten(1).sum(dim=1)
+
+    def steer(
+        self, clean: torch.Tensor, targets: torch.Tensor, cells: torch.Tensor, *, strength: float = 1.0
+    ) -> torch.Tensor:
+        """Clean latents (N, 2C, h, w) moved on `cells` (h, w) along the opening direction, `strength` of the way
+        to read `targets` (N,) as their opening; frames whose target is NaN are left as they are."""
+        cells = cells.to(clean)
+        direction = self.latent_direction.to(clean) * cells
+        gain = (self.latent_readout.to(clean) * direction).sum()
+        if not gain > 0:  # the region holds none of the fitted mouth
+            return clean
+        change = (targets.to(clean) - self.read_opening(clean, cells)).nan_to_num(0.0)
+        return clean + strength * change.view(-1, 1, 1, 1) * direction / gain

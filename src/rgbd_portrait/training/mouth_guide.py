@@ -1,0 +1,99 @@
+"""Fitting a `MouthGuide` (`rgbd_portrait.models.mouth_guide`) on talking videos with face landmarks.
+
+Every map is a least-squares fit over the frames of whole sequences, each sequence centred on its own means (only
+changes over time count: a speaker's resting mouth or lighting does not), in closed form:
+
+* audio → opening and latents → opening: ridge regressions on standardised features, the strength picked among
+  `RIDGE_STRENGTHS` by the Pearson correlation per sequence on every fifth sequence held out (the way the
+  benchmark scores a mouth), then refitted on all of them;
+* opening → latents: the mean latent change per unit of opening (covariance over the opening's variance).
+
+The latents are those of the mouth region of each clip (`face_regions.box_cells` of its `mouth_box`), the cells
+mouth-only animation generates; the read-out and the direction live on the union of those cells.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.evaluation.lipsync import pearson
+from rgbd_portrait.models.mouth_guide import MouthGuide
+
+RIDGE_STRENGTHS = tuple(10.0**power for power in range(-1, 6))
+# Sequences held out to pick the ridge strength: every HOLD_OUT_EVERY-th.
+HOLD_OUT_EVERY = 5
+
+
+@dataclass
+class SpeakingSequence:
+    """The frames of one talking video: true mouth openings (T,), audio windows (T, window, D), and the codec
+    latents (T, 2C, h, w) with only the mouth region kept (zero elsewhere)."""
+
+    openings: np.ndarray
+    audio: np.ndarray
+    mouth_latents: np.ndarray
+
+
+def centred(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Features (T, D) and targets (T,) of several sequences, each centred on its own means, stacked."""
+    features = np.concatenate([x - x.mean(axis=0) for x, _ in parts])
+    targets = np.concatenate([y - y.mean() for _, y in parts])
+    return features, targets
+
+
+def fit_ridges(features: np.ndarray, targets: np.ndarray, strengths) -> dict[float, np.ndarray]:
+    """Ridge weights (fitted on standardised features, returned for the raw ones) per strength, for centred
+    features and targets: the Gram matrix is formed once for all strengths."""
+    scale = features.std(axis=0) + 1e-6
+    scaled = features / scale
+    gram, moment = scaled.T @ scaled, scaled.T @ targets
+    identity = np.eye(len(gram))
+    return {strength: np.linalg.solve(gram + strength * identity, moment) / scale for strength in strengths}
+
+
+def ridge_read_out(
+    parts: list[tuple[np.ndarray, np.ndarray]], strengths=RIDGE_STRENGTHS
+) -> tuple[np.ndarray, float, float]:
+    """Ridge weights from features (T, D) to targets (T,) over sequences `parts`, at the strength best on the
+    held-out sequences (mean Pearson per sequence); that strength and its held-out score."""
+    held_out = parts[::HOLD_OUT_EVERY]
+    fitting = [part for number, part in enumerate(parts) if number % HOLD_OUT_EVERY]
+    if not held_out or not fitting:
+        raise UserInputError(f"a read-out needs at least 2 talking sequences, got {len(parts)}")
+    scores = {
+        strength: float(np.nanmean([pearson(x @ weights, y) for x, y in held_out]))
+        for strength, weights in fit_ridges(*centred(fitting), strengths).items()
+    }
+    best = max(scores, key=lambda strength: np.nan_to_num(scores[strength], nan=-np.inf))
+    return fit_ridges(*centred(parts), [best])[best], best, scores[best]
+
+
+def fit_mouth_guide(sequences: list[SpeakingSequence]) -> tuple[MouthGuide, dict[str, float]]:
+    """A guide fitted on `sequences` (at least 2), and its held-out correlations per map."""
+    frames, window, feature_dim = sequences[0].audio.shape
+    latent_shape = sequences[0].mouth_latents.shape[1:]
+    region = np.any([np.any(s.mouth_latents != 0, axis=(0, 1)) for s in sequences], axis=0)  # (h, w)
+    if not region.any():
+        raise UserInputError("mouth guide: the talking sequences have no mouth region")
+    mouth = lambda s: s.mouth_latents[:, :, region].reshape(len(s.openings), -1)
+    audio_weights, _, audio_r = ridge_read_out([(s.audio.reshape(len(s.openings), -1), s.openings) for s in sequences])
+    readout, _, latent_r = ridge_read_out([(mouth(s), s.openings) for s in sequences])
+    features, targets = centred([(mouth(s), s.openings) for s in sequences])
+    direction = features.T @ targets / max(float(targets @ targets), 1e-12)
+
+    guide = MouthGuide(window, feature_dim, latent_shape)
+
+    def on_region(values: np.ndarray) -> torch.Tensor:
+        full = torch.zeros(latent_shape)
+        full[:, torch.from_numpy(region)] = torch.from_numpy(values.reshape(latent_shape[0], -1)).float()
+        return full
+
+    guide.audio_weights.copy_(torch.from_numpy(audio_weights.reshape(window, feature_dim)))
+    guide.mean_opening.fill_(float(np.mean(np.concatenate([s.openings for s in sequences]))))
+    guide.latent_readout.copy_(on_region(readout))
+    guide.latent_direction.copy_(on_region(direction))
+    return guide, {"mouth_guide_audio_r": audio_r, "mouth_guide_latent_r": latent_r}

@@ -1,0 +1,161 @@
+"""The mouth guide: fitted on talking sequences it predicts the mouth from audio and reads it from latents; steering
+moves the read opening to the target; a steered prediction implies the steered clean latents; the motion stage
+fits one and saves it with the motion layers."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from omegaconf import OmegaConf
+
+from animate_support import write_fake_sequence
+from rgbd_portrait.data.face_regions import FACE_TOP_AND_CHIN, INNER_LIPS, JAW_OUTLINE, SUBNASALE
+from rgbd_portrait.evaluation.lipsync import pearson
+from rgbd_portrait.models import RGBDPortraitModel
+from rgbd_portrait.models.testing import tiny_model_section
+from rgbd_portrait.pipelines.sampling import steered_prediction
+from rgbd_portrait.training import load_config, train
+from rgbd_portrait.training.mouth_guide import SpeakingSequence, fit_mouth_guide
+
+WINDOW, FEATURES, LATENTS = 5, 6, (8, 6, 6)
+REGION = (slice(None), slice(3, 5), slice(1, 5))  # the mouth's latent cells
+
+
+def _sequence(rng: np.random.Generator, pattern: np.ndarray, frames: int = 60) -> SpeakingSequence:
+    """Openings that wander; audio whose middle window frame's first feature follows them; mouth latents that
+    move along `pattern` with them, plus noise and a per-sequence offset (a different face)."""
+    openings = 0.05 + 0.03 * np.sin(np.arange(frames) / rng.uniform(2, 4) + rng.uniform(0, 6))
+    audio = rng.normal(size=(frames, WINDOW, FEATURES))
+    audio[:, WINDOW // 2, 0] = 40 * openings + 0.1 * rng.normal(size=frames)
+    latents = np.zeros((frames, *LATENTS))
+    on_region = (slice(None), *REGION)
+    latents[on_region] = rng.normal(size=LATENTS)[REGION] + openings[:, None, None, None] * pattern[REGION][None]
+    latents[on_region] += 0.02 * rng.normal(size=latents[on_region].shape)
+    return SpeakingSequence(openings, audio, latents)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    rng = np.random.default_rng(0)
+    pattern = rng.normal(size=LATENTS)
+    guide, scores = fit_mouth_guide([_sequence(rng, pattern) for _ in range(10)])
+    return guide, scores, pattern, _sequence(rng, pattern)
+
+
+def test_a_fitted_guide_predicts_the_mouth_from_audio_and_reads_it_from_latents(fitted):
+    guide, scores, pattern, unseen = fitted
+    assert scores["mouth_guide_audio_r"] > 0.9 and scores["mouth_guide_latent_r"] > 0.9
+    assert pearson(guide.openings_from_audio(unseen.audio), unseen.openings) > 0.95
+    cells = torch.zeros(LATENTS[1:], dtype=torch.bool)
+    cells[REGION[1:]] = True
+    read = guide.read_opening(torch.from_numpy(unseen.mouth_latents).float(), cells).numpy()
+    assert pearson(read, unseen.openings) > 0.95
+    # The direction is the pattern the mouth moves along, on the mouth's cells only.
+    direction = guide.latent_direction.numpy()
+    assert not direction[:, :3].any() and not direction[:, 5:].any()
+    cosine = (direction * pattern)[REGION].sum() / np.linalg.norm(direction) / np.linalg.norm(pattern[REGION])
+    assert cosine > 0.95
+
+
+def test_steering_moves_the_read_opening_to_the_target_on_the_region_only(fitted):
+    guide = fitted[0]
+    cells = torch.zeros(LATENTS[1:], dtype=torch.bool)
+    cells[3:5, 1:5] = True
+    clean = torch.randn(3, *LATENTS)
+    targets = torch.tensor([0.02, 0.09, float("nan")])
+    steered = guide.steer(clean, targets, cells)
+    assert torch.allclose(guide.read_opening(steered, cells)[:2], targets[:2], atol=1e-4)
+    assert torch.equal(steered[2], clean[2])  # NaN: left as it is
+    assert torch.equal(steered[:, :, ~cells], clean[:, :, ~cells])
+    halfway = guide.steer(clean, targets, cells, strength=0.5)
+    before = guide.read_opening(clean, cells)[:2]
+    assert torch.allclose(guide.read_opening(halfway, cells)[:2], (before + targets[:2]) / 2, atol=1e-4)
+    # A region without any of the fitted mouth is not steered.
+    elsewhere = torch.zeros_like(cells)
+    elsewhere[0, 0] = True
+    assert torch.equal(guide.steer(clean, targets, elsewhere), clean)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_a_steered_prediction_implies_the_steered_clean_latents(prediction_type):
+    scheduler = DDIMScheduler(prediction_type=prediction_type, clip_sample=False)
+    scheduler.set_timesteps(10)
+    timestep = scheduler.timesteps[3]
+    latents, prediction = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    shift = torch.randn(2, 4, 3, 3)
+    steered = steered_prediction(scheduler, latents, prediction, timestep, lambda clean: clean + shift)
+    implied = lambda output: scheduler.step(output, timestep, latents).pred_original_sample
+    assert torch.allclose(implied(steered), implied(prediction) + shift, atol=1e-4)
+
+
+def _speaking_face() -> np.ndarray:
+    """A face mesh on a 16-px frame: its mouth box covers the lower middle, its lips meet at row 11."""
+    landmarks = np.zeros((478, 3))
+    landmarks[list(JAW_OUTLINE), :2] = [[4.0, 13.0], [12.0, 13.0]] * (len(JAW_OUTLINE) // 2) + [[8.0, 14.0]]
+    landmarks[SUBNASALE, :2] = [8.0, 9.5]
+    landmarks[list(INNER_LIPS), :2] = [8.0, 11.0]
+    landmarks[list(FACE_TOP_AND_CHIN), :2] = [[8.0, 1.0], [8.0, 14.0]]
+    return landmarks
+
+
+def test_the_motion_stage_fits_a_guide_that_is_saved_with_the_motion_layers(tmp_path):
+    start = tmp_path / "start"
+    torch.manual_seed(0)
+    RGBDPortraitModel.from_config(tiny_model_section()).save_pretrained(start)
+    data = tmp_path / "videos"
+    for number in range(3):
+        write_fake_sequence(
+            data / f"s{number}",
+            identity=f"s{number}",
+            split="train",
+            seconds=0.6,
+            seed=number,
+            speaking_landmarks=_speaking_face(),
+        )
+    stage = {
+        "max_steps": 1,
+        "batch_size": 1,
+        "clip_frames": 4,
+        "motion_frames": 1,
+        "checkpoint_every": 0,
+        "mouth_inpainting": 1.0,
+        "mouth_guide": True,
+        "layers": {"num_attention_heads": 4, "audio_token_dim": 16, "n_mels": 8, "max_frames": 8},
+    }
+    config_path = tmp_path / "config.yaml"
+    OmegaConf.save(
+        {
+            "model": {"pretrained": str(start)},
+            "data": {"root": str(data), "validation_samples": 0},
+            "train": {"output_dir": str(tmp_path / "run"), "stages": ["motion"], "motion": stage},
+        },
+        config_path,
+    )
+    final = train(load_config(config_path), show_progress=False)
+
+    model = RGBDPortraitModel.from_pretrained(final)  # strict keys: the guide's buffers are expected and found
+    guide = model.motion.mouth_guide
+    assert model.motion.config.mouth_guide_latents == list(guide.latent_readout.shape)
+    assert guide.latent_direction.abs().sum() > 0 and guide.audio_weights.abs().sum() > 0
+    assert 0.0 < float(guide.mean_opening) < 1.0
+    (final_row,) = [json.loads(line) for line in (tmp_path / "run" / "motion" / "logs" / "final.jsonl").open()]
+    assert np.isfinite(final_row["mouth_guide_audio_r"]) and np.isfinite(final_row["mouth_guide_latent_r"])
+
+
+def test_at_zero_terminal_snr_v_is_steered_and_epsilon_left_alone():
+    shift = lambda clean: clean + 1.0
+    latents, prediction = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    for prediction_type in ("v_prediction", "epsilon"):
+        scheduler = DDIMScheduler(
+            prediction_type=prediction_type, rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False
+        )
+        scheduler.set_timesteps(4)
+        first = scheduler.timesteps[0]
+        steered = steered_prediction(scheduler, latents, prediction, first, shift)
+        if prediction_type == "epsilon":  # pure noise: ε says nothing about the clean latents
+            assert torch.equal(steered, prediction)
+        else:
+            implied = [scheduler.step(output, first, latents).pred_original_sample for output in (steered, prediction)]
+            assert torch.allclose(implied[0], implied[1] + 1.0, atol=1e-4)
