@@ -311,7 +311,6 @@ def test_mouth_guidance_steers_the_generated_mouth_to_the_audio_s_opening(files,
     landmarks = np.zeros((478, 3))
     landmarks[list(JAW_OUTLINE), :2] = [[5.0, 12.0], [10.0, 12.0]] * (len(JAW_OUTLINE) // 2) + [[7.5, 12.0]]
     landmarks[SUBNASALE, :2] = [7.5, 10.0]
-    landmarks[10, 1] = 1.0  # the top of the face, for the photo's own opening
     monkeypatch.setattr(pipe.face_centres, "landmarks", lambda pixels: landmarks)
     windows = []
     sample_clip = animate_module.sample_clip
@@ -349,9 +348,13 @@ def test_mouth_guidance_steers_the_generated_mouth_to_the_audio_s_opening(files,
         given = 0 if kwargs["motion_latents"] is None else len(kwargs["motion_latents"])
         targets, generated = kwargs["mouth_targets"], ~kwargs["still_mask"]
         assert targets[:given].isnan().all() and targets[given:].isfinite().all()
-        # One trailing step ends on the steered prediction: the mouth reads the targets; the rest is the photo.
+        # One trailing step ends on the steered prediction: the mouth's read-outs follow the targets' course over
+        # the frames; the rest is the photo.
+        course = lambda values: values - values.mean()
         read = guide.read_opening(latents[given:], generated)
-        assert torch.allclose(read, targets[given:], atol=1e-3 * targets.abs().nanmean().item())
+        if len(read) < 2:  # a last window of one new frame has no course to follow
+            continue
+        assert torch.allclose(course(read), course(targets[given:]), atol=1e-3 * targets[given:].std().item())
         assert torch.equal(latents[given:, :, ~generated], plain[given:, :, ~generated])
     with pytest.raises(UserInputError, match="mouth-only"):
         animate(pipe, files / "portrait.png", files / "speech.wav", seconds=0.2, mouth_only=False, mouth_guidance=1.0)

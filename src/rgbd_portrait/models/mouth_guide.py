@@ -7,16 +7,17 @@ mouth_cues.md`). The guide holds three linear maps fitted in closed form on real
 (`rgbd_portrait.training.mouth_guide`):
 
 * audio → opening: each frame's audio features with its ± r neighbours (the motion layers' windows), centred on
-  the track's mean, to the mouth opening (`face_regions.mouth_opening`), plus the speakers' mean opening;
-* latents → opening (`latent_readout`): the opening read from the codec latents (RGB and depth) of the mouth
-  region;
-* opening → latents (`latent_direction`): the mean change of those latents per unit of opening, the direction
-  in which a mouth opens.
+  the track's mean, to the mouth opening (`face_regions.mouth_opening`) about its mean;
+* opening → latents (`latent_direction`): the mean change of the codec latents (RGB and depth) of the mouth
+  region per unit of opening, the direction in which a mouth opens;
+* latents → opening (`latent_readout`): the opening read from those latents, their coordinate along it.
 
-At each denoising step of a mouth-only animation the predicted clean latents of every generated frame move along
-the opening direction until their read-out says the opening the audio asks for, relative to the photo's own (its
-face mesh's opening and its latents' read-out); `strength` scales the move. The denoiser continues from the
-steered prediction, so the later steps draw the mouth it was moved to (classifier guidance with a regressor).
+At each denoising step of a mouth-only animation the predicted clean latents of the generated frames of a window
+move along the opening direction until their read-outs rise and fall over the frames as the openings the audio
+predicts do (`steer`); `strength` scales the move. The level is left to the denoiser: read-outs of estimates at
+high noise, or of another face than the training speakers', are off by an amount common to the frames. The
+denoiser continues from the steered prediction, so the later steps draw the mouth it was moved to (classifier
+guidance with a regressor).
 """
 
 from __future__ import annotations
@@ -35,15 +36,15 @@ class MouthGuide(nn.Module):
     def __init__(self, audio_window: int, audio_feature_dim: int, latent_shape: Sequence[int]):
         super().__init__()
         self.register_buffer("audio_weights", torch.zeros(audio_window, audio_feature_dim))
-        self.register_buffer("mean_opening", torch.zeros(()))
         self.register_buffer("latent_readout", torch.zeros(*latent_shape))
         self.register_buffer("latent_direction", torch.zeros(*latent_shape))
 
     def openings_from_audio(self, windows: np.ndarray) -> np.ndarray:
-        """The mouth opening per frame (T,) that the audio windows (T, window, D) of a whole track predict."""
+        """The mouth opening per frame (T,) about its mean that the audio windows (T, window, D) of a whole track
+        predict."""
         flat = np.asarray(windows, dtype=np.float64).reshape(len(windows), -1)
         weights = self.audio_weights.detach().double().cpu().numpy().reshape(-1)
-        return float(self.mean_opening) + (flat - flat.mean(axis=0)) @ weights
+        return (flat - flat.mean(axis=0)) @ weights
 
     def read_opening(self, latents: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
         """The opening read from latents (N, 2C, h, w) on the latent cells (h, w) of the mouth region: (N,)."""
@@ -53,12 +54,17 @@ class MouthGuide(nn.Module):
     def steer(
         self, clean: torch.Tensor, targets: torch.Tensor, cells: torch.Tensor, *, strength: float = 1.0
     ) -> torch.Tensor:
-        """Clean latents (N, 2C, h, w) moved on `cells` (h, w) along the opening direction, `strength` of the way
-        to read `targets` (N,) as their opening; frames whose target is NaN are left as they are."""
+        """Clean latents (N, 2C, h, w) of N frames moved on `cells` (h, w) along the opening direction, `strength`
+        of the way to read `targets` (N,) as their openings up to a common level: each frame's change is its
+        shortfall less the frames' mean shortfall. Only the openings' course over the frames is imposed, so a
+        read-out that is off by the same amount on every frame (a blurrier estimate at high noise, another face)
+        moves nothing; the mouth's level stays the model's. Frames whose target is NaN are left as they are."""
         cells = cells.to(clean)
         direction = self.latent_direction.to(clean) * cells
         gain = (self.latent_readout.to(clean) * direction).sum()
-        if not gain > 0:  # the region holds none of the fitted mouth
+        steered = targets.isfinite().to(clean.device)
+        if not gain > 0 or int(steered.sum()) < 2:  # no fitted mouth in the region, or no course to follow
             return clean
-        change = (targets.to(clean) - self.read_opening(clean, cells)).nan_to_num(0.0)
+        shortfall = targets.to(clean) - self.read_opening(clean, cells)
+        change = torch.where(steered, shortfall - shortfall[steered].mean(), torch.zeros_like(shortfall))
         return clean + strength * change.view(-1, 1, 1, 1) * direction / gain

@@ -43,7 +43,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from rgbd_portrait.data.audio import AudioTrack, audio_windows, load_audio, make_audio_features
-from rgbd_portrait.data.face_regions import box_cells, mouth_box, mouth_opening
+from rgbd_portrait.data.face_regions import box_cells, mouth_box
 from rgbd_portrait.devices import placement
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models.layout import join_modalities, split_modalities
@@ -358,7 +358,10 @@ def iter_animation(
             box = torch.from_numpy(mouth_box(landmarks))
             still_mask = ~box_cells(box, reference.latent_size, prepared.reference.shape[-1])
             if strength > 0:
-                openings = mouth_openings(motion, prepared, reference_latents, ~still_mask, mouth_opening(landmarks))
+                windows = audio_windows(
+                    prepared.frame_features, range(prepared.frame_count), radius=motion.config.audio_radius
+                )
+                openings = torch.from_numpy(motion.mouth_guide.openings_from_audio(windows)).float()
     else:
         reference = pipeline._encode_reference(prepared.reference[None])
     total = prepared.frame_count
@@ -400,21 +403,6 @@ def guide_targets(openings: torch.Tensor, frame_numbers: range, given: int) -> t
     # The first window's motion frame is the reference itself, before frame 0.
     targets[given:] = openings[frame_numbers.start + given : frame_numbers.stop]
     return targets
-
-
-def mouth_openings(
-    motion: MotionLayers,
-    prepared: PreparedAnimation,
-    reference_latents: torch.Tensor,
-    generated: torch.Tensor,
-    reference_opening: float,
-) -> torch.Tensor:
-    """Every frame's mouth opening (frame_count,) for the guide to steer to, in its read-out's terms: the opening
-    the audio predicts, moved by how the photo's latents read against its face mesh's `reference_opening`."""
-    guide = motion.mouth_guide
-    windows = audio_windows(prepared.frame_features, range(prepared.frame_count), radius=motion.config.audio_radius)
-    offset = float(guide.read_opening(reference_latents, generated)[0]) - reference_opening
-    return torch.from_numpy(guide.openings_from_audio(windows) + offset).float()
 
 
 def _outer_bar(pipeline: RGBDPortraitPipeline) -> dict:
