@@ -101,6 +101,7 @@ SAMPLE_VALUES = {
     ("render", "latents"): [("tensor requiring grad", _latents(2))],
     ("animate", "generator"): [("one", lambda folder: torch.Generator().manual_seed(1))],
     ("animate", "mouth_only"): [("True", lambda folder: True), ("False", lambda folder: False)],
+    ("animate", "mouth_guidance"): [("0", lambda folder: 0.0), ("1, the model has no guide", lambda folder: 1.0)],
     ("predict_depth", "self_reference"): [("True", lambda folder: True), ("False", lambda folder: False)],
     "light": [
         ("left", lambda folder: "left"),

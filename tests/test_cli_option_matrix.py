@@ -65,6 +65,7 @@ SAMPLE_VALUES = {
     "--seconds": ["0.1"],
     "--window": ["3"],
     "--motion-frames": ["0"],
+    "--mouth-guidance": ["0", "1"],
     "--audio-encoder": ["{inputs}/no-such-encoder"],
 }
 
