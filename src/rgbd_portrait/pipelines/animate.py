@@ -229,8 +229,8 @@ def sample_clip(
     each frame's audio window; `motion_latents` (M, 2C, h, w), if given, are the clip's first M frames, known.
     `still_latents` (1, 2C, h, w), with `still_mask` (h, w) bool, are known in every other frame where the mask
     is set (the rest of the frame is generated). `mouth_targets` (F,), with still latents, are the mouth openings
-    (as the motion layers' `mouth_guide` reads them) the generated region is steered to, `mouth_guidance` of the
-    way at each step; NaN leaves a frame unsteered.
+    whose course over the frames the generated region is steered to follow (`MouthGuide.steer`), `mouth_guidance`
+    of the way at each step; NaN leaves a frame unsteered.
     """
     motion = model.motion
     count = audio.shape[0]
@@ -328,8 +328,8 @@ def iter_animation(
     training with mouth inpainting (see `mouth_landmarks`).
 
     `mouth_guidance`: with `mouth_only` and a model holding a `MouthGuide`, how far each denoising step moves the
-    mouth toward the opening the audio predicts (0 = off, 1 = all the way; None: the model's
-    `mouth_guidance`). Giving it to a model without a guide, or without `mouth_only`, is a one-line error.
+    mouth toward the opening the audio predicts (0 = off, 1 = all the way each step, more overshoots; None:
+    the model's `mouth_guidance`, 2 for the shipped one). Giving it to a model without a guide, or without `mouth_only`, is a one-line error.
     """
     model, motion = pipeline.model, _motion_layers(pipeline)
     steps = num_inference_steps or model.default_steps
