@@ -329,7 +329,8 @@ def iter_animation(
 
     `mouth_guidance`: with `mouth_only` and a model holding a `MouthGuide`, how far each denoising step moves the
     mouth toward the opening the audio predicts (0 = off, 1 = all the way each step, more overshoots; None:
-    the model's `mouth_guidance`, 2 for the shipped one). Giving it to a model without a guide, or without `mouth_only`, is a one-line error.
+    the model's `mouth_guidance`, 2 for the shipped one). Giving it to a model without a guide, or without
+    `mouth_only`, is a one-line error.
     """
     model, motion = pipeline.model, _motion_layers(pipeline)
     steps = num_inference_steps or model.default_steps
