@@ -8,7 +8,7 @@ Talking videos prepared by `rgbd-portrait prepare` are cut into the motion stage
 at the model's resolution, `clip_frames` from its motion layers, one clip after another), and every frame gives:
 
 * its true mouth opening, from the face mesh `prepare` stored (inner-lip distance over face height,
-  `rgbd_portrait.evaluation.lipsync`);
+  `face_regions.mouth_opening`, as the clips serve it);
 * the audio features the motion layers hear (the model's feature type, the frame and its ± `audio_radius`
   neighbours), and the loudness alone (RMS per frame);
 * the frame's codec latents (RGB and depth) on the latent cells outside the clip's mouth box and inside it
@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from benchmark_support import command_line, machine_line, write_markdown
 from rgbd_portrait.data.audio import make_audio_features
-from rgbd_portrait.data.face_regions import box_cells, mouth_opening
+from rgbd_portrait.data.face_regions import box_cells
 from rgbd_portrait.data.sample_format import read_sequence_audio
 from rgbd_portrait.data.sequence_dataset import TalkingClipDataset
 from rgbd_portrait.evaluation.lipsync import frame_loudness, pearson
@@ -80,8 +80,7 @@ def read_sequences(root: str, model: RGBDPortraitModel) -> list[Sequence]:
         for index in indices:
             item = clips[index]
             frames = item["frame_index"].numpy()
-            metas = [sequence.frames.entries[sequence.position[frame]].read_meta() for frame in frames]
-            parts["mouth"].append(np.array([mouth_opening(np.array(meta["face_landmarks"])) for meta in metas]))
+            parts["mouth"].append(item["mouth_opening"].numpy())
             parts["audio"].append(item["audio"].flatten(1).numpy())
             parts["loudness"].append(loudness[frames, None])
             latents = model.codec.encode_rgbd(item["rgb"], item["depth"])
