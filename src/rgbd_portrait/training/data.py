@@ -9,12 +9,13 @@ and index) is served, reference included, on the flat backdrop of `rgbd_portrait
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.training.config import DataConfig
@@ -129,6 +130,29 @@ class PixelSamples(Dataset):
         if on_backdrop_this_epoch(self.backdrop_fraction, seed=self.seed, epoch=epoch, index=index):
             served["rgb"], served["reference_rgb"] = item["rgb_on_backdrop"], item["reference_rgb_on_backdrop"]
         return served
+
+
+class EpochZero(Dataset):
+    """Items (i, 0) of a dataset read by (index, epoch) pairs, under plain indices."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[(index, 0)]
+
+
+# Images a codec's latent scale is calibrated on after its stage.
+CALIBRATION_SAMPLES = 256
+
+
+def calibration_batches(train_set: PortraitDataset | PortraitMixture, batch_size: int) -> Iterator[dict]:
+    """The first `CALIBRATION_SAMPLES` training images (epoch 0), in batches."""
+    count = min(len(train_set), CALIBRATION_SAMPLES)
+    yield from DataLoader(Subset(EpochZero(PixelSamples(train_set)), range(count)), batch_size=batch_size)
 
 
 class LatentSamples(Dataset):

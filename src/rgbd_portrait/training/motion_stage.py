@@ -466,10 +466,14 @@ class MotionRecipe:
         write_grid(path, rows)
         return {"loss": float(loss), "depth_change_ratio": _depth_change_ratio(depth, true_depth)}
 
-    def guide_batches(self, samples: Dataset, clips: TalkingClipDataset | TalkingClipMixture) -> Iterator[Batch]:
-        """The training clips a mouth guide is fitted on, one by one (a batch of 1, no epoch's draws): those that
-        tile each sequence with face landmarks, its clips from frames 0, F, 2F, …; each with `sequence`, a
-        number per sequence."""
+    def finishing_batches(
+        self, samples: Dataset, clips: TalkingClipDataset | TalkingClipMixture, batch_size: int
+    ) -> Iterator[Batch]:
+        """With `mouth_guide`, the training clips a guide is fitted on, one by one (a batch of 1, no epoch's
+        draws): those that tile each sequence with face landmarks, its clips from frames 0, F, 2F, …; each with
+        `sequence`, a number per sequence. None otherwise."""
+        if not self.stage.mouth_guide:
+            return
         parts = clips.parts if isinstance(clips, TalkingClipMixture) else [clips]
         locations = clips.locations if isinstance(clips, TalkingClipMixture) else [(0, i) for i in range(len(clips))]
         numbers: dict[tuple[int, int], int] = {}
@@ -485,14 +489,12 @@ class MotionRecipe:
 
     @torch.no_grad()
     def finish(self, batches: Iterable[Batch]) -> dict[str, float]:
-        """With `mouth_guide`, fit one on `batches` (from `guide_batches`) and add it to the motion layers; its
+        """With `mouth_guide`, fit one on `batches` (from `finishing_batches`) and add it to the motion layers; its
         held-out correlations are the stage's final metrics."""
         if not self.stage.mouth_guide:
             return {}
-        device = self.model.backbone.device
         frames: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         for batch in batches:
-            batch = {name: tensor.to(device) for name, tensor in batch.items()}
             clean = self._latents(batch)[0][0]  # (F, 2C, h, w)
             cells = box_cells(
                 batch["mouth_box"][0], tuple(clean.shape[-2:]), clean.shape[-2] * self.model.codec.downscale_factor

@@ -9,11 +9,12 @@ A recipe's `module` is what Accelerate wraps for data parallelism; `loss` must c
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models.context import ClipImageContext
@@ -27,6 +28,7 @@ from rgbd_portrait.training.codec_stage import (
     random_crop,
 )
 from rgbd_portrait.training.config import CodecStageConfig, ExperimentConfig, JointStageConfig
+from rgbd_portrait.training.data import calibration_batches
 from rgbd_portrait.training.joint_objective import (
     depth_trust,
     latent_foreground,
@@ -80,6 +82,10 @@ class CodecRecipe:
 
     def validate(self, batch: Batch, path: Path) -> dict[str, float]:
         return validate_codec(self.model.vae, batch, path)
+
+    def finishing_batches(self, samples: Dataset, train_set: Dataset, batch_size: int) -> Iterator[Batch]:
+        """The images `finish` calibrates the latent scale on."""
+        return calibration_batches(train_set, batch_size)
 
     def finish(self, batches: Iterable[Batch]) -> dict[str, float]:
         """Calibrate the latent scale on training batches, before the stage's model is saved (a frozen encoder
@@ -142,6 +148,9 @@ class JointRecipe:
 
     def validate(self, batch: Batch, path: Path) -> dict[str, float]:
         return validate_joint(self.model, batch, path, stage=self.stage)
+
+    def finishing_batches(self, samples: Dataset, train_set: Dataset, batch_size: int) -> Iterator[Batch]:
+        return iter(())
 
     def finish(self, batches: Iterable[Batch]) -> dict[str, float]:
         return {}

@@ -51,6 +51,7 @@ from rgbd_portrait.training.checkpointing import (
 from rgbd_portrait.training.config import STAGES, ExperimentConfig, config_to_yaml
 from rgbd_portrait.training.curves import CURVES_NAME, logged_stages, plot_training_curves
 from rgbd_portrait.training.data import (
+    EpochZero,
     LatentSamples,
     PixelSamples,
     check_data_folder,
@@ -71,9 +72,6 @@ from rgbd_portrait.training.optim import build_optimizer, load_optimizer_state, 
 from rgbd_portrait.training.sampler import SampleStream, StreamBatchSampler
 from rgbd_portrait.training.seeding import derive_seed, make_generator
 from rgbd_portrait.training.stages import CodecRecipe, JointRecipe, check_stage_settings
-
-# Training samples the codec stage encodes to calibrate the latent scale.
-CALIBRATION_SAMPLES = 256
 
 
 def _has_accelerator() -> bool:
@@ -177,26 +175,13 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 def _collate_first(dataset: Dataset, count: int) -> dict[str, torch.Tensor]:
     """The first `count` items of `dataset` (epoch 0) as one batch."""
-    loader = DataLoader(_EpochZero(dataset), batch_size=count)
+    loader = DataLoader(EpochZero(dataset), batch_size=count)
     return next(iter(loader))
 
 
 def _backdrop_fraction(recipe) -> float:
     """The share of images a recipe's stage trains on flat backdrops (only the joint stage has one)."""
     return getattr(recipe.stage, "backdrop_fraction", 0.0)
-
-
-class _EpochZero(Dataset):
-    """Items (i, 0) of a dataset read by (index, epoch) pairs, under plain indices."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        return self.dataset[(index, 0)]
 
 
 class Trainer:
@@ -328,7 +313,7 @@ class Trainer:
             return LatentClipSamples(frames, train_set)
         latents = [
             self._cached_latents(
-                _EpochZero(PixelSamples(part, with_backdrops=True)),
+                EpochZero(PixelSamples(part, with_backdrops=True)),
                 [f"{part.root}:{entry.key}" for entry in part.entries],
                 part.resolution,
                 model,
@@ -366,17 +351,6 @@ class Trainer:
             tensors=tensors,
         )
         return CachedLatents.load(directory)
-
-    def _calibration_batches(self, train_set, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-        """The first `CALIBRATION_SAMPLES` training samples (epoch 0), in batches, on the device."""
-        loader = DataLoader(
-            torch.utils.data.Subset(
-                _EpochZero(PixelSamples(train_set)), range(min(len(train_set), CALIBRATION_SAMPLES))
-            ),
-            batch_size=batch_size,
-        )
-        for batch in loader:
-            yield _to_device(batch, self.accelerator.device)
 
     def _run_stage(
         self,
@@ -561,10 +535,8 @@ class Trainer:
         final = folders.final_model(name)
         if self.is_main:
             with ema.applied() if ema is not None else contextlib.nullcontext():
-                if isinstance(recipe, MotionRecipe):
-                    finishing = recipe.finish(recipe.guide_batches(samples, train_set))
-                else:
-                    finishing = recipe.finish(self._calibration_batches(train_set, stage.batch_size))
+                batches = recipe.finishing_batches(samples, train_set, stage.batch_size)
+                finishing = recipe.finish(_to_device(batch, accelerator.device) for batch in batches)
                 if finishing:
                     logger.log("final", state.step, finishing)
                 model.save_pretrained(final, overwrite=True)
