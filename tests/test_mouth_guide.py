@@ -82,6 +82,23 @@ def test_steering_imposes_the_targets_course_over_the_frames_on_the_region_only(
     assert torch.equal(guide.steer(clean, torch.tensor([0.1] + [float("nan")] * 3), cells), clean)
 
 
+def test_steering_with_a_level_continues_from_known_frames(fitted):
+    guide = fitted[0]
+    cells = torch.zeros(LATENTS[1:], dtype=torch.bool)
+    cells[3:5, 1:5] = True
+    known, clean = torch.randn(2, *LATENTS), torch.randn(3, *LATENTS)
+    level = guide.level_of(known, torch.tensor([0.01, 0.03]), cells)
+    assert float(level) == pytest.approx(float(guide.read_opening(known, cells).mean()) - 0.02, abs=1e-5)
+    targets = torch.tensor([0.08, float("nan"), 0.0])
+    steered = guide.steer(clean, targets, cells, level=level)
+    read = guide.read_opening(steered, cells)
+    assert read[[0, 2]] == pytest.approx((targets[[0, 2]] + level).tolist(), abs=1e-4)  # the level is imposed too
+    assert torch.equal(steered[1], clean[1])
+    # One frame is enough to steer when the level is known.
+    single = guide.steer(clean[:1], targets[:1], cells, level=level)
+    assert float(guide.read_opening(single, cells)[0]) == pytest.approx(float(targets[0] + level), abs=1e-4)
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_a_steered_prediction_implies_the_steered_clean_latents(prediction_type):
     scheduler = DDIMScheduler(prediction_type=prediction_type, clip_sample=False)

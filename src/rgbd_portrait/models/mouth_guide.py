@@ -13,11 +13,12 @@ mouth_cues.md`). The guide holds three linear maps fitted in closed form on real
 * latents → opening (`latent_readout`): the opening read from those latents, their coordinate along it.
 
 At each denoising step of a mouth-only animation the predicted clean latents of the generated frames of a window
-move along the opening direction until their read-outs rise and fall over the frames as the openings the audio
-predicts do (`steer`); `strength` scales the move. The level is left to the denoiser: read-outs of estimates at
-high noise, or of another face than the training speakers', are off by an amount common to the frames. The
-denoiser continues from the steered prediction, so the later steps draw the mouth it was moved to (classifier
-guidance with a regressor).
+move along the opening direction until their read-outs rise and fall as the openings the audio predicts do
+(`steer`); `strength` scales the move. Read-outs are compared across frames of one face, never with the training
+speakers' absolute values (another face, or an estimate at high noise, reads off by an amount common to its
+frames): each window continues at the level of the known frames before it, the reference photo for the first
+(`level_of`). The denoiser continues from the steered prediction, so the later steps draw the mouth it was moved to
+(classifier guidance with a regressor).
 """
 
 from __future__ import annotations
@@ -51,20 +52,35 @@ class MouthGuide(nn.Module):
         readout = self.latent_readout.to(latents) * cells.to(latents)
         return (latents * readout).flatten(1).sum(dim=1)
 
+    def level_of(self, latents: torch.Tensor, openings: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """How far the read-outs of known frames' latents (G, 2C, h, w) sit above their openings (G,): the mean
+        offset, the level `steer` continues them at."""
+        return (self.read_opening(latents, cells) - openings.to(latents)).mean()
+
     def steer(
-        self, clean: torch.Tensor, targets: torch.Tensor, cells: torch.Tensor, *, strength: float = 1.0
+        self,
+        clean: torch.Tensor,
+        targets: torch.Tensor,
+        cells: torch.Tensor,
+        *,
+        strength: float = 1.0,
+        level: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Clean latents (N, 2C, h, w) of N frames moved on `cells` (h, w) along the opening direction, `strength`
-        of the way to read `targets` (N,) as their openings up to a common level: each frame's change is its
-        shortfall less the frames' mean shortfall. Only the openings' course over the frames is imposed, so a
-        read-out that is off by the same amount on every frame (a blurrier estimate at high noise, another face)
-        moves nothing; the mouth's level stays the model's. Frames whose target is NaN are left as they are."""
+        of the way to read `targets` (N,) as their openings, each plus `level`; frames whose target is NaN are
+        left as they are.
+
+        `level` (`level_of` the known frames just before) makes generated frames continue from them: without
+        it only the openings' course over these frames is imposed (each frame's change is its shortfall less the
+        frames' mean shortfall, which needs at least 2 frames) and their common level stays the model's, so a
+        window of silence is not drawn closed after a window of speech."""
         cells = cells.to(clean)
         direction = self.latent_direction.to(clean) * cells
         gain = (self.latent_readout.to(clean) * direction).sum()
         steered = targets.isfinite().to(clean.device)
-        if not gain > 0 or int(steered.sum()) < 2:  # no fitted mouth in the region, or no course to follow
-            return clean
+        if not gain > 0 or int(steered.sum()) < (1 if level is not None else 2):
+            return clean  # no fitted mouth in the region, or nothing to follow
         shortfall = targets.to(clean) - self.read_opening(clean, cells)
-        change = torch.where(steered, shortfall - shortfall[steered].mean(), torch.zeros_like(shortfall))
+        offset = shortfall[steered].mean() if level is None else -level.to(clean)
+        change = torch.where(steered, shortfall - offset, torch.zeros_like(shortfall))
         return clean + strength * change.view(-1, 1, 1, 1) * direction / gain

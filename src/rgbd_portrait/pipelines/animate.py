@@ -229,8 +229,8 @@ def sample_clip(
     each frame's audio window; `motion_latents` (M, 2C, h, w), if given, are the clip's first M frames, known.
     `still_latents` (1, 2C, h, w), with `still_mask` (h, w) bool, are known in every other frame where the mask
     is set (the rest of the frame is generated). `mouth_targets` (F,), with still latents, are the mouth openings
-    whose course over the frames the generated region is steered to follow (`MouthGuide.steer`), `mouth_guidance`
-    of the way at each step; NaN leaves a frame unsteered.
+    the generated region is steered to follow (`MouthGuide.steer`), `mouth_guidance` of the way at each step,
+    continuing at the level the motion frames' openings set; NaN leaves a frame unsteered.
     """
     motion = model.motion
     count = audio.shape[0]
@@ -255,9 +255,11 @@ def sample_clip(
     noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
     steer = None
     if mouth_targets is not None:
-        generated = ~still_mask.to(device)
-        targets = mouth_targets.to(device)
-        steer = lambda clean: motion.mouth_guide.steer(clean, targets, generated, strength=mouth_guidance)
+        guide, generated = motion.mouth_guide, ~still_mask.to(device)
+        targets = mouth_targets.to(device, copy=True)
+        level = guide.level_of(motion_latents, targets[:given], generated) if given else None
+        targets[:given] = float("nan")  # known: only their level counts
+        steer = lambda clean: guide.steer(clean, targets, generated, strength=mouth_guidance, level=level)
     scheduler.set_timesteps(num_inference_steps, device=device)
     with motion.frames(count, batch_size=features.batch_size, audio_windows=audio, drop_audio=drop_audio):
         return sample_latents(
@@ -329,7 +331,7 @@ def iter_animation(
 
     `mouth_guidance`: with `mouth_only` and a model holding a `MouthGuide`, how far each denoising step moves the
     mouth toward the opening the audio predicts (0 = off, 1 = all the way each step, more overshoots; None:
-    the model's `mouth_guidance`, 2 for the shipped one). Giving it to a model without a guide, or without
+    the model's `mouth_guidance`, 1 for the shipped one). Giving it to a model without a guide, or without
     `mouth_only`, is a one-line error.
     """
     model, motion = pipeline.model, _motion_layers(pipeline)
@@ -384,7 +386,7 @@ def iter_animation(
                 still_latents=still_latents,
                 still_mask=still_mask,
                 guidance_scale=guidance_scale,
-                mouth_targets=None if openings is None else guide_targets(openings, frame_numbers, given),
+                mouth_targets=None if openings is None else guide_targets(openings, frame_numbers),
                 mouth_guidance=strength,
                 generator=generator,
             )
@@ -398,12 +400,10 @@ def iter_animation(
         pipeline._release_offloaded()
 
 
-def guide_targets(openings: torch.Tensor, frame_numbers: range, given: int) -> torch.Tensor:
-    """The window's mouth targets: `openings` of its frames, NaN (unsteered) on its `given` motion frames."""
-    targets = torch.full((len(frame_numbers),), float("nan"))
-    # The first window's motion frame is the reference itself, before frame 0.
-    targets[given:] = openings[frame_numbers.start + given : frame_numbers.stop]
-    return targets
+def guide_targets(openings: torch.Tensor, frame_numbers: range) -> torch.Tensor:
+    """The window's mouth targets: `openings` of its frames, frame 0's for the reference before it (the video
+    starts from the photo)."""
+    return openings[[max(frame, 0) for frame in frame_numbers]]
 
 
 def _outer_bar(pipeline: RGBDPortraitPipeline) -> dict:
