@@ -41,6 +41,9 @@ on the 128-px frames, true and generated alike:
   audio, scored against this clip's true mouth.
 * Mouth–audio: correlation of the mouth opening with the audio's loudness (RMS per frame), generated and true,
   and of the true mouth with the next clip's loudness (chance level).
+* With a mouth guide steering (`--mouth-only`, guidance above 0): the correlation of the openings the guide
+  predicts from the audio with the true mouth, and of the generated mouth with them: where lip sync is lost,
+  in the audio map or in the drawing.
 * Depth stability: frame-to-frame change of the generated depth over that of the pseudo-depth truth (both
   per-frame normalised to [0, 1]).
 * Identity drift: distance of each generated frame to the reference in the codec's latent space (relative to
@@ -87,7 +90,12 @@ from rgbd_portrait.evaluation.metrics import depth_metrics
 from rgbd_portrait.files import write_bytes_atomically
 from rgbd_portrait.models import RGBDPortraitModel
 from rgbd_portrait.pipelines import RGBDPortraitPipeline
-from rgbd_portrait.pipelines.animate import iter_animation, prepare_animation
+from rgbd_portrait.pipelines.animate import (
+    audio_openings,
+    iter_animation,
+    prepare_animation,
+    resolve_mouth_guidance,
+)
 from rgbd_portrait.training import load_config
 from rgbd_portrait.training.motion_stage import MotionRecipe
 from rgbd_portrait.training.validation import write_grid
@@ -435,6 +443,16 @@ def animate_real_clip(
         "drift_last": float(drift[-1]),
         "true_drift_last": float(true_drift[-1]),
     }
+    motion = pipeline.model.motion
+    mouth_only = bool((options or {}).get("mouth_only"))
+    if mouth_only and resolve_mouth_guidance(
+        motion, mouth_only=True, mouth_guidance=(options or {}).get("mouth_guidance")
+    ):
+        # What the guide steered toward: whether lip sync is lost in its audio map or in the drawn mouth.
+        prepared = prepare_animation(pipeline, reference, clip["audio"], fps=clip["fps"], center_on_face=False)
+        targets = audio_openings(motion, prepared).numpy()[:frames]
+        result["guide_vs_true"] = pearson(targets, true_mouth)
+        result["generated_vs_guide"] = pearson(mouth, targets)
     if shuffled:
         shuffled_rgb, _ = speak(control)
         shuffled_mouth = mouth_openings(shuffled_rgb[:frames].permute(0, 2, 3, 1).numpy(), finder)
@@ -533,6 +551,16 @@ def run_real_benchmark(args: argparse.Namespace, argv: list[str] | None, work: P
             f"true {mean('true_audio'):.2f}; depth change generated / true {mean('depth_change_ratio'):.2f}; "
             f"drift first → last {mean('drift_first'):.3f} → {mean('drift_last'):.3f} "
             f"(true video {mean('true_drift_last'):.3f}).",
+            *(
+                [
+                    "",
+                    f"Mouth guide: the openings it predicts from the audio follow the true mouth at "
+                    f"{mean('guide_vs_true'):.2f}; the generated mouth follows them at "
+                    f"{mean('generated_vs_guide'):.2f}.",
+                ]
+                if "guide_vs_true" in results[0]
+                else []
+            ),
             "",
             "| clip | frames | face found (generated) | mouth sync | truth vs itself | shuffled-audio control |"
             + shuffled_header

@@ -361,10 +361,7 @@ def iter_animation(
             box = torch.from_numpy(mouth_box(landmarks))
             still_mask = ~box_cells(box, reference.latent_size, prepared.reference.shape[-1])
             if strength > 0:
-                windows = audio_windows(
-                    prepared.frame_features, range(prepared.frame_count), radius=motion.config.audio_radius
-                )
-                openings = torch.from_numpy(motion.mouth_guide.openings_from_audio(windows)).float()
+                openings = audio_openings(motion, prepared)
     else:
         reference = pipeline._encode_reference(prepared.reference[None])
     total = prepared.frame_count
@@ -398,6 +395,13 @@ def iter_animation(
     finally:
         progress.close()
         pipeline._release_offloaded()
+
+
+def audio_openings(motion: MotionLayers, prepared: PreparedAnimation) -> torch.Tensor:
+    """The mouth opening per frame (F,), about the track's mean, that the motion layers' `MouthGuide` predicts
+    from the prepared audio."""
+    windows = audio_windows(prepared.frame_features, range(prepared.frame_count), radius=motion.config.audio_radius)
+    return torch.from_numpy(motion.mouth_guide.openings_from_audio(windows)).float()
 
 
 def guide_targets(openings: torch.Tensor, frame_numbers: range) -> torch.Tensor:
