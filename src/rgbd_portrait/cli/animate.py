@@ -45,8 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--mouth-guidance",
         type=float,
-        help="with --mouth-only, how far each step steers the mouth toward the opening the audio predicts "
-        "(0 = off, 1 = all the way; default: the model's, for a model with a mouth guide)",
+        help="with --mouth-only, the scale of the mouth openings the audio predicts, which each step steers "
+        "the mouth to (0 = off; default: the model's, for a model with a mouth guide)",
     )
     parser.add_argument("--point-clouds", action="store_true", help="also write point_clouds/NNNNNN.ply per frame")
     parser.add_argument(

@@ -112,8 +112,8 @@ class MotionLayers(ModelMixin, ConfigMixin):
     default (windows of that many frames, the first `motion_frames` of them given by the previous window);
     `mouth_only` whether animation generates only the mouth box by default (layers trained to fill it in,
     `train.motion.mouth_inpainting`); `mouth_guide_latents` the latent shape (2C, h, w) of a fitted `mouth_guide`
-    (`rgbd_portrait.models.mouth_guide`; None: none), and `mouth_guidance` the strength mouth-only animation
-    steers with by default.
+    (`rgbd_portrait.models.mouth_guide`; None: none), and `mouth_guidance` the scale of the predicted
+    openings mouth-only animation steers to by default.
     """
 
     @register_to_config

@@ -14,11 +14,13 @@ mouth_cues.md`). The guide holds three linear maps fitted in closed form on real
 
 At each denoising step of a mouth-only animation the predicted clean latents of the generated frames of a window
 move along the opening direction until their read-outs rise and fall as the openings the audio predicts do
-(`steer`); `strength` scales the move. Read-outs are compared across frames of one face, never with the training
-speakers' absolute values (another face, or an estimate at high noise, reads off by an amount common to its
-frames): each window continues at the level of the known frames before it, the reference photo for the first
-(`level_of`). The denoiser continues from the steered prediction, so the later steps draw the mouth it was moved to
-(classifier guidance with a regressor).
+(`steer`). Read-outs are compared across frames of one face, never with the training speakers' absolute values
+(another face, or an estimate at high noise, reads off by an amount common to its frames): each window continues
+at the level of the known frames before it, the reference photo for the first (`level_of`). The denoiser
+continues from the steered prediction, so the later steps draw the mouth it was moved to (classifier guidance
+with a regressor). Animation scales the predicted openings by its `mouth_guidance`: a regression's predictions
+are shrunk toward the mean, and the drawn mouth opens less than its read-out says (about twice the predicted
+course follows real mouths best on GRID, docs/animate.md).
 """
 
 from __future__ import annotations
@@ -63,12 +65,10 @@ class MouthGuide(nn.Module):
         targets: torch.Tensor,
         cells: torch.Tensor,
         *,
-        strength: float = 1.0,
         level: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Clean latents (N, 2C, h, w) of N frames moved on `cells` (h, w) along the opening direction, `strength`
-        of the way to read `targets` (N,) as their openings, each plus `level`; frames whose target is NaN are
-        left as they are.
+        """Clean latents (N, 2C, h, w) of N frames moved on `cells` (h, w) along the opening direction until they
+        read `targets` (N,) as their openings, each plus `level`; frames whose target is NaN are left as they are.
 
         `level` (`level_of` the known frames just before) makes generated frames continue from them: without
         it only the openings' course over these frames is imposed (each frame's change is its shortfall less the
@@ -83,4 +83,4 @@ class MouthGuide(nn.Module):
         shortfall = targets.to(clean) - self.read_opening(clean, cells)
         offset = shortfall[steered].mean() if level is None else -level.to(clean)
         change = torch.where(steered, shortfall - offset, torch.zeros_like(shortfall))
-        return clean + strength * change.view(-1, 1, 1, 1) * direction / gain
+        return clean + change.view(-1, 1, 1, 1) * direction / gain

@@ -22,7 +22,7 @@ known to the backbone as in channel-wise inpainting, and only the mouth and jaw 
 photographed person, still except for the speaking mouth. The region comes from the reference's face mesh
 (`rgbd_portrait.data.face_regions`). A model whose motion layers hold a fitted `MouthGuide`
 (`train.motion.mouth_guide`) then steers each generated frame's mouth, at every denoising step, toward the
-opening its audio predicts (`mouth_guidance`: the strength, default the model's).
+opening its audio predicts (`mouth_guidance`: the scale of those openings, default the model's).
 
 Every frame of a window reads the same reference features, computed once per call; each frame hears its own
 audio window (`rgbd_portrait.data.audio`). Classifier-free guidance drops the reference and the audio together
@@ -220,7 +220,6 @@ def sample_clip(
     still_mask: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
     mouth_targets: torch.Tensor | None = None,
-    mouth_guidance: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """One window: clean `[rgb, depth]` latents (F, 2C, h, w) of a clip of F frames of one reference.
@@ -229,8 +228,8 @@ def sample_clip(
     each frame's audio window; `motion_latents` (M, 2C, h, w), if given, are the clip's first M frames, known.
     `still_latents` (1, 2C, h, w), with `still_mask` (h, w) bool, are known in every other frame where the mask
     is set (the rest of the frame is generated). `mouth_targets` (F,), with still latents, are the mouth openings
-    the generated region is steered to follow (`MouthGuide.steer`), `mouth_guidance` of the way at each step,
-    continuing at the level the motion frames' openings set; NaN leaves a frame unsteered.
+    the generated region is steered to at each step (`MouthGuide.steer`), continuing at the level the motion
+    frames' openings set; NaN leaves a frame unsteered.
     """
     motion = model.motion
     count = audio.shape[0]
@@ -259,7 +258,7 @@ def sample_clip(
         targets = mouth_targets.to(device, copy=True)
         level = guide.level_of(motion_latents, targets[:given], generated) if given else None
         targets[:given] = float("nan")  # known: only their level counts
-        steer = lambda clean: guide.steer(clean, targets, generated, strength=mouth_guidance, level=level)
+        steer = lambda clean: guide.steer(clean, targets, generated, level=level)
     scheduler.set_timesteps(num_inference_steps, device=device)
     with motion.frames(count, batch_size=features.batch_size, audio_windows=audio, drop_audio=drop_audio):
         return sample_latents(
@@ -329,10 +328,10 @@ def iter_animation(
     rest of every frame is the photo's latents and predicted depth. None takes the model's default, set by
     training with mouth inpainting (see `mouth_landmarks`).
 
-    `mouth_guidance`: with `mouth_only` and a model holding a `MouthGuide`, how far each denoising step moves the
-    mouth toward the opening the audio predicts (0 = off, 1 = all the way each step, more overshoots; None:
-    the model's `mouth_guidance`, 1 for the shipped one). Giving it to a model without a guide, or without
-    `mouth_only`, is a one-line error.
+    `mouth_guidance`: with `mouth_only` and a model holding a `MouthGuide`, the scale of the openings the audio
+    predicts that each denoising step moves the mouth to (0 = off; 1 = as the audio map predicts them, shrunk
+    toward the mean like any regression's; None: the model's `mouth_guidance`, 2 for the shipped one). Giving it
+    to a model without a guide, or without `mouth_only`, is a one-line error.
     """
     model, motion = pipeline.model, _motion_layers(pipeline)
     steps = num_inference_steps or model.default_steps
@@ -348,7 +347,7 @@ def iter_animation(
         motion.to(pipeline._offload_device)
     landmarks = mouth_landmarks(pipeline, prepared, mouth_only)
     mouth_only = landmarks is not None
-    strength = resolve_mouth_guidance(motion, mouth_only=mouth_only, mouth_guidance=mouth_guidance)
+    scale = resolve_mouth_guidance(motion, mouth_only=mouth_only, mouth_guidance=mouth_guidance)
     previous: torch.Tensor | None = None  # clean latents of the last frames generated (or of the reference)
     still_latents = still_mask = openings = None
     # Either branch runs the reference net once: the only run of the call.
@@ -360,8 +359,8 @@ def iter_animation(
             still_latents = reference_latents
             box = torch.from_numpy(mouth_box(landmarks))
             still_mask = ~box_cells(box, reference.latent_size, prepared.reference.shape[-1])
-            if strength > 0:
-                openings = audio_openings(motion, prepared)
+            if scale > 0:
+                openings = scale * audio_openings(motion, prepared)
     else:
         reference = pipeline._encode_reference(prepared.reference[None])
     total = prepared.frame_count
@@ -384,7 +383,6 @@ def iter_animation(
                 still_mask=still_mask,
                 guidance_scale=guidance_scale,
                 mouth_targets=None if openings is None else guide_targets(openings, frame_numbers),
-                mouth_guidance=strength,
                 generator=generator,
             )
             previous = latents[-motion_frames:] if motion_frames else None
