@@ -443,10 +443,9 @@ def animate_real_clip(
         "drift_last": float(drift[-1]),
         "true_drift_last": float(true_drift[-1]),
     }
-    motion = pipeline.model.motion
-    mouth_only = bool((options or {}).get("mouth_only"))
-    if mouth_only and resolve_mouth_guidance(
-        motion, mouth_only=True, mouth_guidance=(options or {}).get("mouth_guidance")
+    motion, options = pipeline.model.motion, options or {}
+    if resolve_mouth_guidance(
+        motion, mouth_only=bool(options.get("mouth_only")), mouth_guidance=options.get("mouth_guidance")
     ):
         # What the guide steered toward: whether lip sync is lost in its audio map or in the drawn mouth.
         prepared = prepare_animation(pipeline, reference, clip["audio"], fps=clip["fps"], center_on_face=False)
