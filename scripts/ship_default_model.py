@@ -6,7 +6,8 @@ logs and the training curves. The evaluation of the shipped weights is then writ
 `rgbd-portrait eval --data DATA --out src/rgbd_portrait/weights/default/training/evaluation`.
 
 `--decoder-from RUN` takes the VAE decoder of another run's codec stage trained with
-`train.codec.train_encoder=false` on the same encoder: the latent space is the same, so the decoder drops in.
+`train.codec.train_encoder=false` on the same encoder (wider or not): the latent space is the same, so the decoder
+drops in.
 Its encoder and latent calibration are checked to be identical to the shipped run's.
 """
 
@@ -26,12 +27,14 @@ from rgbd_portrait.weights import default_model_dir
 RECORD_FOLDER = "training"
 
 
-DECODER_PARTS = ("decoder", "post_quant_conv")
 LATENT_SPACE_PARTS = ("encoder", "quant_conv")
 
 
 def take_decoder(model: RGBDPortraitModel, donor_dir: Path) -> None:
-    """Put the VAE decoder of the model in `donor_dir` into `model`, whose latent space it must share."""
+    """Put the VAE decoder of the model in `donor_dir` into `model`, whose latent space it must share.
+
+    The donor's decoder may be wider (`train.codec.decoder_width`): the donor's VAE, checked to encode as
+    `model`'s does, takes the place of `model`'s."""
     donor = RGBDPortraitModel.from_pretrained(donor_dir).vae
     vae = model.vae
     for key in ("scaling_factor", "shift_factor"):
@@ -42,8 +45,7 @@ def take_decoder(model: RGBDPortraitModel, donor_dir: Path) -> None:
         differing = [key for key in own if not torch.equal(own[key], theirs[key])]
         if differing:
             raise SystemExit(f"{donor_dir}: its VAE {part} differs ({differing[0]}, ...): not the same latent space")
-    for part in DECODER_PARTS:
-        getattr(vae, part).load_state_dict(getattr(donor, part).state_dict(), strict=True)
+    model.codec.vae = donor
 
 
 def ship(run_dir: Path, destination: Path, *, stage: str | None = None, decoder_from: Path | None = None) -> Path:

@@ -56,7 +56,7 @@ def test_losses_fall_by_half_on_eight_samples(tmp_path, data_root):
     assert (tmp_path / "run" / "joint" / "validation" / "step-00000100.png").is_file()
 
 
-def test_decoder_alone_fine_tunes_into_the_same_latent_space(tmp_path, data_root):
+def test_a_wider_decoder_alone_fine_tunes_into_the_same_latent_space(tmp_path, data_root):
     codec = {"max_steps": 4, "batch_size": 4, "learning_rate": 2e-3, "validate_every": 0}
     (tmp_path / "first").mkdir()
     (tmp_path / "second").mkdir()
@@ -67,12 +67,13 @@ def test_decoder_alone_fine_tunes_into_the_same_latent_space(tmp_path, data_root
         _config(
             tmp_path / "second",
             data_root,
-            train={"stages": ["codec"], "codec": codec | {"train_encoder": False}},
+            train={"stages": ["codec"], "codec": codec | {"train_encoder": False, "decoder_width": 2}},
             overrides=[f"model={{pretrained: {first}}}"],
         ),
         show_progress=False,
     )
     before, after = (RGBDPortraitModel.from_pretrained(folder).vae for folder in (first, second))
+    assert after.decoder.conv_in.out_channels == 2 * before.decoder.conv_in.out_channels
     assert (after.config.scaling_factor, after.config.shift_factor) == (
         before.config.scaling_factor,
         before.config.shift_factor,

@@ -6,7 +6,7 @@
     backbone/       config.json + diffusion_pytorch_model.safetensors   (UNet2DConditionModel, expanded)
     reference_net/  config.json + diffusion_pytorch_model.safetensors   (ReferenceNet)
     context/        config.json + diffusion_pytorch_model.safetensors   (LearnedContext or ClipImageContext)
-    vae/            config.json + diffusion_pytorch_model.safetensors   (AutoencoderKL)
+    vae/            config.json + diffusion_pytorch_model.safetensors   (AutoencoderKL, or WideDecoderAutoencoderKL)
     motion/         optional: temporal and audio layers of the talking-head model (MotionLayers)
 
 Components are written with diffusers' `save_pretrained` (safetensors) into a temporary folder that is renamed
@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.files import atomic_folder
+from rgbd_portrait.models.autoencoder import WideDecoderAutoencoderKL
 from rgbd_portrait.models.context import ClipImageContext, LearnedContext
 from rgbd_portrait.models.motion import MotionLayers
 from rgbd_portrait.models.reference import ReferenceNet
@@ -44,7 +45,7 @@ COMPONENT_CLASSES: dict[str, tuple[type[ModelMixin], ...]] = {
     "backbone": (UNet2DConditionModel,),
     "reference_net": (ReferenceNet,),
     "context": (LearnedContext, ClipImageContext),
-    "vae": (AutoencoderKL,),
+    "vae": (AutoencoderKL, WideDecoderAutoencoderKL),
     "motion": (MotionLayers,),
 }
 # Components a checkpoint may leave out (the image model has no motion layers).

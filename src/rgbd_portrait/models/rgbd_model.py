@@ -19,7 +19,7 @@ settings::
 
     stable_diffusion: SD_FOLDER   # optional: weights and architecture from a local diffusers SD folder
     backbone: {...}               # UNet2DConditionModel arguments of the base (C-channel) UNet
-    vae: {...}                    # AutoencoderKL arguments
+    vae: {...}                    # AutoencoderKL arguments; with decoder_width, a WideDecoderAutoencoderKL
     context: {type: learned, num_tokens: 4} | {type: clip, path: CLIP_FOLDER, train_encoder: false}
     prediction_type: v_prediction
     scheduler: {class_name: DDIMScheduler, ...}   # merged over settings.DEFAULT_SCHEDULER
@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from rgbd_portrait import __version__
 from rgbd_portrait.devices import placement
 from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.models.autoencoder import WideDecoderAutoencoderKL
 from rgbd_portrait.models.backbone import backbone_latent_channels, check_supported_unet, expand_unet
 from rgbd_portrait.models.checkpoint import (
     COMPONENT_NAMES,
@@ -386,7 +387,8 @@ class RGBDPortraitModel(nn.Module):
             if not isinstance(section.get(key), dict):
                 raise UserInputError(f"{source}: {key} (a mapping of constructor arguments) is required")
         try:
-            vae = AutoencoderKL(**section["vae"])
+            vae_class = WideDecoderAutoencoderKL if "decoder_width" in section["vae"] else AutoencoderKL
+            vae = vae_class(**section["vae"])
         except (TypeError, ValueError) as error:
             raise UserInputError(f"{source}: vae: {error}") from error
         latent_channels = vae.config.latent_channels

@@ -119,6 +119,9 @@ class CodecStageConfig(StageConfig):
     # False fine-tunes the decoder alone: the latent space, its calibration and a diffusion model trained on it
     # stay valid, so a better decoder drops into a trained model.
     train_encoder: bool = True
+    # The decoder's channels as a multiple of the encoder's, at least: a start model with a narrower decoder has
+    # it widened before training, computing what it computed (`models.autoencoder.widen_decoder`).
+    decoder_width: int = 1
 
 
 @dataclass
@@ -373,6 +376,7 @@ def check_config(config: ExperimentConfig, *, source: str = "config") -> None:
         source,
         f"train.codec.crop_size must be positive or null, got {codec.crop_size}",
     )
+    _require(codec.decoder_width >= 1, source, f"train.codec.decoder_width must be >= 1, got {codec.decoder_width}")
     joint = train.joint
     probabilities = [joint.tasks.joint, joint.tasks.image_to_depth, joint.tasks.depth_to_image]
     _require(min(probabilities) >= 0, source, "train.joint.tasks: probabilities must be >= 0")

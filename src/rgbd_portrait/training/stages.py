@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from rgbd_portrait.errors import UserInputError
+from rgbd_portrait.models.autoencoder import decoder_width, widen_decoder
 from rgbd_portrait.models.context import ClipImageContext
 from rgbd_portrait.models.layout import join_modalities
 from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
@@ -49,6 +50,9 @@ def check_stage_settings(config: ExperimentConfig, model: RGBDPortraitModel, *, 
             f"train.codec.crop_size: {crop_size} must be at most the resolution {resolution} and a multiple of "
             f"the VAE's factor {factor}"
         )
+    width, present = config.train.codec.decoder_width, decoder_width(model.vae)
+    if "codec" in config.train.stages and width > present and width % present:
+        raise UserInputError(f"train.codec.decoder_width: {width} is not a multiple of the model's {present}")
     # A CLIP context embeds the reference image itself, which cached latents cannot give back.
     cached_stages = {"joint", "motion"} & set(config.train.stages)
     if cached_stages and config.data.cache_latents and isinstance(model.context, ClipImageContext):
@@ -60,6 +64,8 @@ class CodecRecipe:
     uses_latents = False
 
     def __init__(self, model: RGBDPortraitModel, stage: CodecStageConfig):
+        if stage.decoder_width > decoder_width(model.vae):
+            model.codec.vae = widen_decoder(model.vae, stage.decoder_width)
         model.denoiser.requires_grad_(False)
         model.vae.requires_grad_(True)
         if not stage.train_encoder:
