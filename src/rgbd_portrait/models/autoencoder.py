@@ -1,22 +1,27 @@
 """An `AutoencoderKL` whose decoder is wider than its encoder, and a function-preserving way to get one.
 
 A diffusion model is tied to its codec's latent space, that is to the encoder; the decoder only has to read those
-latents back. A wider decoder therefore reconstructs better without retraining anything that depends on the
+latents back. A wider decoder can therefore reconstruct better without retraining anything that depends on the
 latents. `WideDecoderAutoencoderKL` is diffusers' `AutoencoderKL` with one extra config entry, `decoder_width`:
 every decoder block has that many times the encoder's channels (and as many times the norm groups, so each group
-keeps its size). `widen_decoder` builds one from a trained VAE that encodes *and decodes* exactly as the original
-did, so fine-tuning starts from the trained decoder's quality rather than from noise:
+keeps its size). `widen_decoder` builds one from a trained VAE that encodes as the original does and decodes as
+it does up to a small symmetry-breaking noise, so fine-tuning starts from the trained decoder's quality
+(Net2Net's widening, Chen, Goodfellow and Shlens 2016, applied group by group):
 
-- every convolution and linear layer keeps its weights in the leading block of the wider one; the new input
-  channels of old outputs get zero weights, the new outputs start from the fresh layer's random weights;
-- group norms keep theirs on the old groups (the new channels form new groups, so statistics never mix);
-- the mid-block's single attention head grows with the channels, so the old query weights are scaled to keep
-  softmax(q·k / √d) as it was, and the new query rows start at zero (the new key dimensions add nothing yet).
+- each decoder channel gets copies, laid out as whole new norm groups, so every group's statistics, and hence
+  the normalised copies, equal the originals';
+- a layer reads its copied inputs with its old weights divided among the copies, so its outputs are unchanged;
+- the mid-block's single attention head grows with the channels, so the query is scaled to keep
+  softmax(q·k / √d) as it was;
+- the copies' incoming weights get a little noise: exact copies would receive equal gradients and never
+  become different features.
+
+Why copies rather than new random channels: with random channels starting at zero weight, every one of those
+zero weights moves at the optimiser's full step from the first update, which on the default codec undid the
+trained decoder (RGB L1 0.053 → 0.064 and depth L1 doubled within 250 steps at lr 2e-4).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from diffusers import AutoencoderKL
@@ -91,11 +96,12 @@ def decoder_width(vae: AutoencoderKL) -> int:
     return vae.config.get("decoder_width", 1)
 
 
-def widen_decoder(vae: AutoencoderKL, width: int) -> WideDecoderAutoencoderKL:
+def widen_decoder(vae: AutoencoderKL, width: int, *, noise: float = 0.01) -> WideDecoderAutoencoderKL:
     """A copy of `vae` whose decoder is `width` times as wide as its encoder and computes the same function.
 
     `width` must be a multiple of the VAE's present decoder width. The encoder, quant convolutions and latent
-    calibration are copied as they are.
+    calibration are copied as they are. `noise` is the standard deviation, relative to each weight tensor's,
+    of the noise added to the copied channels' incoming weights (0 decodes exactly as before).
     """
     present = decoder_width(vae)
     if width < present or width % present:
@@ -105,20 +111,20 @@ def widen_decoder(vae: AutoencoderKL, width: int) -> WideDecoderAutoencoderKL:
     wide = WideDecoderAutoencoderKL.from_config(config).to(vae.device)
     narrow_state = vae.state_dict()
     wide_state = wide.state_dict()
-    query_scale = math.sqrt(width / present)
+    query_scale = (present / width) ** 0.5
     with torch.no_grad():
         for key, target in wide_state.items():
             source = narrow_state[key]
             if source.shape == target.shape:
                 target.copy_(source)
                 continue
-            old = tuple(slice(0, size) for size in source.shape)
-            if target.ndim >= 2:
-                # Old outputs read only old inputs: the new input channels of old rows weigh nothing.
-                target[: source.shape[0]].zero_()
-            target[old] = source
+            copies = [new // old for new, old in zip(target.shape, source.shape)]
+            widened = source.repeat(*copies)
+            if source.ndim >= 2:
+                widened /= copies[1]  # the copies of an input share its weight
+                widened[source.shape[0] :] += noise * source.std() * torch.randn_like(widened[source.shape[0] :])
             if ".to_q." in key:
-                target[old] *= query_scale
-                target[source.shape[0] :] = 0.0
+                widened *= query_scale
+            target.copy_(widened)
     wide.load_state_dict(wide_state, strict=True)
     return wide if wide.dtype == vae.dtype else wide.to(vae.dtype)
