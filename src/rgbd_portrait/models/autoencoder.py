@@ -96,12 +96,15 @@ def decoder_width(vae: AutoencoderKL) -> int:
     return vae.config.get("decoder_width", 1)
 
 
-def widen_decoder(vae: AutoencoderKL, width: int, *, noise: float = 0.01) -> WideDecoderAutoencoderKL:
-    """A copy of `vae` whose decoder is `width` times as wide as its encoder and computes the same function.
+def widen_decoder(
+    vae: AutoencoderKL, width: int, *, noise: float = 0.01, seed: int = 0
+) -> WideDecoderAutoencoderKL:
+    """A copy of `vae` whose decoder is `width` times as wide as its encoder and decodes as it does, but for `noise`.
 
     `width` must be a multiple of the VAE's present decoder width. The encoder, quant convolutions and latent
     calibration are copied as they are. `noise` is the standard deviation, relative to each weight tensor's,
-    of the noise added to the copied channels' incoming weights (0 decodes exactly as before).
+    of the noise added to the copied channels' incoming weights (0 decodes exactly as before); it is drawn from
+    `seed`, so every process of a distributed run widens alike.
     """
     present = decoder_width(vae)
     if width < present or width % present:
@@ -112,6 +115,7 @@ def widen_decoder(vae: AutoencoderKL, width: int, *, noise: float = 0.01) -> Wid
     narrow_state = vae.state_dict()
     wide_state = wide.state_dict()
     query_scale = (present / width) ** 0.5
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for key, target in wide_state.items():
             source = narrow_state[key]
@@ -122,7 +126,8 @@ def widen_decoder(vae: AutoencoderKL, width: int, *, noise: float = 0.01) -> Wid
             widened = source.repeat(*copies)
             if source.ndim >= 2:
                 widened /= copies[1]  # the copies of an input share its weight
-                widened[source.shape[0] :] += noise * source.std() * torch.randn_like(widened[source.shape[0] :])
+                copied_rows = widened[source.shape[0] :]
+                copied_rows += noise * source.std() * torch.randn(copied_rows.shape, generator=generator).to(source)
             if ".to_q." in key:
                 widened *= query_scale
             target.copy_(widened)
