@@ -96,9 +96,7 @@ def decoder_width(vae: AutoencoderKL) -> int:
     return vae.config.get("decoder_width", 1)
 
 
-def widen_decoder(
-    vae: AutoencoderKL, width: int, *, noise: float = 0.01, seed: int = 0
-) -> WideDecoderAutoencoderKL:
+def widen_decoder(vae: AutoencoderKL, width: int, *, noise: float = 0.01, seed: int = 0) -> WideDecoderAutoencoderKL:
     """A copy of `vae` whose decoder is `width` times as wide as its encoder and decodes as it does, but for `noise`.
 
     `width` must be a multiple of the VAE's present decoder width. The encoder, quant convolutions and latent
