@@ -355,10 +355,12 @@ def test_mouth_guidance_steers_the_generated_mouth_to_the_audio_s_opening(files,
         assert torch.allclose(read, targets[given:] + level, rtol=1e-3, atol=1e-3)
         assert torch.allclose(latents[:given], kwargs["motion_latents"])
         assert torch.equal(latents[given:, :, ~generated], plain[given:, :, ~generated])
-    # The guidance scales the openings the mouth is steered to (the default, 2, twice those of 1).
-    doubled, windows[:] = [kwargs["mouth_targets"] for kwargs, _ in windows], []
+    # The guidance scales the openings the mouth is steered to (the model's default, 3, three times those of 1).
+    scale = motion.config.mouth_guidance
+    assert scale == 3.0
+    scaled, windows[:] = [kwargs["mouth_targets"] for kwargs, _ in windows], []
     speak(mouth_guidance=1.0)
-    for (kwargs, _), targets in zip(windows, doubled):
-        assert torch.allclose(2 * kwargs["mouth_targets"], targets)
+    for (kwargs, _), targets in zip(windows, scaled):
+        assert torch.allclose(scale * kwargs["mouth_targets"], targets)
     with pytest.raises(UserInputError, match="mouth-only"):
         animate(pipe, files / "portrait.png", files / "speech.wav", seconds=0.2, mouth_only=False, mouth_guidance=1.0)

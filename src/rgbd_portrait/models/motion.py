@@ -113,7 +113,7 @@ class MotionLayers(ModelMixin, ConfigMixin):
     `mouth_only` whether animation generates only the mouth box by default (layers trained to fill it in,
     `train.motion.mouth_inpainting`); `mouth_guide_latents` the latent shape (2C, h, w) of a fitted `mouth_guide`
     (`rgbd_portrait.models.mouth_guide`; None: none), and `mouth_guidance` the scale of the predicted
-    openings mouth-only animation steers to by default (2, the best measured on GRID: docs/animate.md).
+    openings mouth-only animation steers to by default (3, the best measured on GRID: docs/animate.md).
     """
 
     @register_to_config
@@ -134,7 +134,7 @@ class MotionLayers(ModelMixin, ConfigMixin):
         motion_frames: int = 2,
         mouth_only: bool = False,
         mouth_guide_latents: Sequence[int] | None = None,
-        mouth_guidance: float = 2.0,
+        mouth_guidance: float = 3.0,
     ):
         super().__init__()
         if not len(layer_names) == len(layer_channels) == len(audio_layers):

@@ -330,7 +330,7 @@ def iter_animation(
 
     `mouth_guidance`: with `mouth_only` and a model holding a `MouthGuide`, the scale of the openings the audio
     predicts that each denoising step moves the mouth to (0 = off; 1 = as the audio map predicts them, shrunk
-    toward the mean like any regression's; None: the model's `mouth_guidance`, 2 for the shipped one). Giving it
+    toward the mean like any regression's; None: the model's `mouth_guidance`, 3 for the shipped one). Giving it
     to a model without a guide, or without `mouth_only`, is a one-line error.
     """
     model, motion = pipeline.model, _motion_layers(pipeline)
