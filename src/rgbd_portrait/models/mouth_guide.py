@@ -19,8 +19,8 @@ move along the opening direction until their read-outs rise and fall as the open
 at the level of the known frames before it, the reference photo for the first (`level_of`). The denoiser
 continues from the steered prediction, so the later steps draw the mouth it was moved to (classifier guidance
 with a regressor). Animation scales the predicted openings by its `mouth_guidance`: a regression's predictions
-are shrunk toward the mean, and the drawn mouth opens less than its read-out says (about twice the predicted
-course follows real mouths best on GRID, docs/animate.md).
+are shrunk toward the mean, and the drawn mouth opens less than its read-out says (three times the predicted
+course follows real mouths best of 1, 2 and 3 on GRID, docs/animate.md).
 """
 
 from __future__ import annotations
