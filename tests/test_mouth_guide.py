@@ -14,7 +14,8 @@ from animate_support import write_fake_sequence
 from rgbd_portrait.data.face_regions import FACE_TOP_AND_CHIN, INNER_LIPS, JAW_OUTLINE, SUBNASALE
 from rgbd_portrait.evaluation.lipsync import pearson
 from rgbd_portrait.models import RGBDPortraitModel
-from rgbd_portrait.models.testing import tiny_model_section
+from rgbd_portrait.models.mouth_guide import MouthGuide
+from rgbd_portrait.models.testing import add_tiny_motion_layers, tiny_model_section
 from rgbd_portrait.pipelines.sampling import steered_prediction
 from rgbd_portrait.training import load_config, train
 from rgbd_portrait.training.mouth_guide import SpeakingSequence, fit_mouth_guide
@@ -58,6 +59,42 @@ def test_a_fitted_guide_predicts_the_mouth_from_audio_and_reads_it_from_latents(
     assert not direction[:, :3].any() and not direction[:, 5:].any()
     cosine = (direction * pattern)[REGION].sum() / np.linalg.norm(direction) / np.linalg.norm(pattern[REGION])
     assert cosine > 0.95
+
+
+def _nonlinear_sequence(rng: np.random.Generator, frames: int = 200) -> SpeakingSequence:
+    """Audio whose middle frame's first feature is the opening in either sign: the mouth follows its magnitude,
+    which no linear map of the features can read."""
+    base = _sequence(rng, np.ones(LATENTS), frames)
+    base.audio[:, WINDOW // 2, 0] = rng.choice([-1.0, 1.0], size=frames) * 40 * base.openings
+    return base
+
+
+def test_an_audio_network_reads_what_a_linear_map_cannot_and_loads_back(tmp_path):
+    rng = np.random.default_rng(1)
+    sequences = [_nonlinear_sequence(rng) for _ in range(20)]
+    unseen = _nonlinear_sequence(rng)
+    linear, linear_scores = fit_mouth_guide(sequences)
+    network, network_scores = fit_mouth_guide(sequences, audio_hidden=(16,))
+    assert network_scores["mouth_guide_audio_r"] > 0.8 > 0.3 > linear_scores["mouth_guide_audio_r"]
+    predicted = network.openings_from_audio(unseen.audio)
+    assert pearson(predicted, unseen.openings) > 0.8 and abs(predicted.mean()) < 1e-9
+    assert pearson(linear.openings_from_audio(unseen.audio), unseen.openings) < 0.3
+    # Fitted with a fixed seed: the same data give the same guide, whatever the global random state.
+    torch.manual_seed(123)
+    again, _ = fit_mouth_guide(sequences, audio_hidden=(16,))
+    assert all(torch.equal(a, b) for a, b in zip(network.state_dict().values(), again.state_dict().values()))
+    # Held by motion layers, the network and its widths are saved and loaded back.
+    model = RGBDPortraitModel.from_config(tiny_model_section())
+    add_tiny_motion_layers(model)
+    motion = model.motion
+    guide = MouthGuide(motion.audio_window, motion.config.audio_feature_dim, LATENTS, audio_hidden=(16, 16))
+    guide.load_state_dict({name: torch.randn_like(buffer) for name, buffer in guide.state_dict().items()})
+    motion.add_mouth_guide(guide)
+    motion.save_pretrained(tmp_path / "motion")
+    loaded = type(motion).from_pretrained(tmp_path / "motion")
+    assert loaded.config.mouth_guide_audio_hidden == [16, 16]
+    windows = rng.normal(size=(20, motion.audio_window, motion.config.audio_feature_dim))
+    assert np.allclose(loaded.mouth_guide.openings_from_audio(windows), guide.openings_from_audio(windows))
 
 
 def test_steering_imposes_the_targets_course_over_the_frames_on_the_region_only(fitted):

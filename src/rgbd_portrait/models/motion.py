@@ -112,8 +112,9 @@ class MotionLayers(ModelMixin, ConfigMixin):
     default (windows of that many frames, the first `motion_frames` of them given by the previous window);
     `mouth_only` whether animation generates only the mouth box by default (layers trained to fill it in,
     `train.motion.mouth_inpainting`); `mouth_guide_latents` the latent shape (2C, h, w) of a fitted `mouth_guide`
-    (`rgbd_portrait.models.mouth_guide`; None: none), and `mouth_guidance` the scale of the predicted
-    openings mouth-only animation steers to by default (3, the best measured on GRID: docs/animate.md).
+    (`rgbd_portrait.models.mouth_guide`; None: none) and `mouth_guide_audio_hidden` the hidden widths of its audio
+    map (none: linear), and `mouth_guidance` the scale of the predicted openings mouth-only animation steers to by
+    default (3, the best measured on GRID: docs/animate.md).
     """
 
     @register_to_config
@@ -134,6 +135,7 @@ class MotionLayers(ModelMixin, ConfigMixin):
         motion_frames: int = 2,
         mouth_only: bool = False,
         mouth_guide_latents: Sequence[int] | None = None,
+        mouth_guide_audio_hidden: Sequence[int] = (),
         mouth_guidance: float = 3.0,
     ):
         super().__init__()
@@ -164,7 +166,9 @@ class MotionLayers(ModelMixin, ConfigMixin):
         )
         self.mouth_guide = None
         if mouth_guide_latents is not None:
-            self.mouth_guide = MouthGuide(2 * audio_radius + 1, audio_feature_dim, mouth_guide_latents)
+            self.mouth_guide = MouthGuide(
+                2 * audio_radius + 1, audio_feature_dim, mouth_guide_latents, audio_hidden=mouth_guide_audio_hidden
+            )
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._state: _ClipState | None = None
 
@@ -188,10 +192,14 @@ class MotionLayers(ModelMixin, ConfigMixin):
 
     def add_mouth_guide(self, guide: MouthGuide) -> None:
         """Hold a fitted `MouthGuide` (for the layers' audio windows), recorded in the config and saved with them."""
-        if tuple(guide.audio_weights.shape) != (self.audio_window, self.config.audio_feature_dim):
-            raise ValueError(f"a mouth guide for audio windows {tuple(guide.audio_weights.shape)} does not fit")
+        if (guide.audio_window, guide.audio_feature_dim) != (self.audio_window, self.config.audio_feature_dim):
+            raise ValueError(
+                f"a mouth guide for audio windows {(guide.audio_window, guide.audio_feature_dim)} does not fit"
+            )
         self.mouth_guide = guide.to(self.device)
-        self.register_to_config(mouth_guide_latents=list(guide.latent_readout.shape))
+        self.register_to_config(
+            mouth_guide_latents=list(guide.latent_readout.shape), mouth_guide_audio_hidden=list(guide.audio_hidden)
+        )
 
     @property
     def audio_window(self) -> int:

@@ -3,11 +3,14 @@
 Motion layers that learn the mouth through the denoising loss alone stay at chance after the hundreds of steps a
 CPU affords (docs/animate.md), although a linear map from the audio features they hear already follows the true
 mouth (0.80 on held-out GRID clips of the training speaker, 0.63 on unseen speakers: `benchmarks/results/
-mouth_cues.md`). The guide holds three linear maps fitted in closed form on real talking video
-(`rgbd_portrait.training.mouth_guide`):
+mouth_cues.md`). The guide holds three maps fitted on real talking video (`rgbd_portrait.training.mouth_guide`),
+linear and in closed form but for the audio map, which may be a small network:
 
 * audio → opening: each frame's audio features with its ± r neighbours (the motion layers' windows), centred on
-  the track's mean, to the mouth opening (`face_regions.mouth_opening`) about its mean;
+  the track's mean, to the mouth opening (`face_regions.mouth_opening`) about its mean: linear (`audio_weights`
+  over the window), or, with `audio_hidden` widths, a small network (the window standardised by `audio_scale`,
+  hidden layers with GELU, then `audio_weights` over the last hidden layer), which carries better to speakers it
+  was not fitted on (docs/animate.md);
 * opening → latents (`latent_direction`): the mean change of the codec latents (RGB and depth) of the mouth
   region per unit of opening, the direction in which a mouth opens;
 * latents → opening (`latent_readout`): the opening read from those latents, their coordinate along it.
@@ -29,6 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -36,18 +40,48 @@ class MouthGuide(nn.Module):
     """The fitted maps (zeros until fitted or loaded): see the module text. Its buffers are saved with the motion
     layers that hold it."""
 
-    def __init__(self, audio_window: int, audio_feature_dim: int, latent_shape: Sequence[int]):
+    def __init__(
+        self,
+        audio_window: int,
+        audio_feature_dim: int,
+        latent_shape: Sequence[int],
+        audio_hidden: Sequence[int] = (),
+    ):
         super().__init__()
-        self.register_buffer("audio_weights", torch.zeros(audio_window, audio_feature_dim))
+        self.audio_window, self.audio_feature_dim = audio_window, audio_feature_dim
+        self.audio_hidden = tuple(int(width) for width in audio_hidden)
+        if self.audio_hidden:
+            self.register_buffer("audio_scale", torch.ones(audio_window, audio_feature_dim))
+            for index, (fan_in, width) in enumerate(
+                zip((audio_window * audio_feature_dim,) + self.audio_hidden, self.audio_hidden)
+            ):
+                self.register_buffer(f"audio_hidden{index}_weight", torch.zeros(width, fan_in))
+                self.register_buffer(f"audio_hidden{index}_bias", torch.zeros(width))
+            self.register_buffer("audio_weights", torch.zeros(self.audio_hidden[-1]))
+        else:
+            self.register_buffer("audio_weights", torch.zeros(audio_window, audio_feature_dim))
         self.register_buffer("latent_readout", torch.zeros(*latent_shape))
         self.register_buffer("latent_direction", torch.zeros(*latent_shape))
 
+    def audio_layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The hidden layers' (weight, bias) of the audio map, in order (none for a linear map)."""
+        return [
+            (getattr(self, f"audio_hidden{index}_weight"), getattr(self, f"audio_hidden{index}_bias"))
+            for index in range(len(self.audio_hidden))
+        ]
+
+    @torch.no_grad()
     def openings_from_audio(self, windows: np.ndarray) -> np.ndarray:
         """The mouth opening per frame (T,) about its mean that the audio windows (T, window, D) of a whole track
         predict."""
-        flat = np.asarray(windows, dtype=np.float64).reshape(len(windows), -1)
-        weights = self.audio_weights.detach().double().cpu().numpy().reshape(-1)
-        return (flat - flat.mean(axis=0)) @ weights
+        features = torch.from_numpy(np.asarray(windows, dtype=np.float64).reshape(len(windows), -1))
+        features = features - features.mean(dim=0)
+        if self.audio_hidden:
+            features = features / self.audio_scale.detach().double().cpu().reshape(-1)
+        for weight, bias in self.audio_layers():
+            features = F.gelu(features @ weight.detach().double().cpu().T + bias.detach().double().cpu())
+        openings = features @ self.audio_weights.detach().double().cpu().reshape(-1)
+        return (openings - openings.mean()).numpy()
 
     def read_opening(self, latents: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
         """The opening read from latents (N, 2C, h, w) on the latent cells (h, w) of the mouth region: (N,)."""

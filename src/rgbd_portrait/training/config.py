@@ -212,6 +212,9 @@ class MotionStageConfig(StageConfig):
     # Fit a mouth guide at the end of the stage, on the training clips with face landmarks: mouth-only animation
     # then steers the mouth toward the opening the audio predicts (`rgbd_portrait.models.mouth_guide`).
     mouth_guide: bool = False
+    # Hidden widths of the guide's audio → opening map: [] a ridge regression, else a small network of these
+    # widths, which follows unseen speakers' mouths better (docs/animate.md).
+    mouth_guide_hidden: list[int] = field(default_factory=list)
     # Train the backbone, reference net and context too (by default only the motion layers train).
     train_image_layers: bool = False
     validation_inference_steps: int | None = None

@@ -512,7 +512,7 @@ class MotionRecipe:
                 f"landmarks (prepared videos), found {len(frames)}"
             )
         sequences = [SpeakingSequence(*(np.concatenate(part) for part in zip(*clips))) for clips in frames.values()]
-        guide, scores = fit_mouth_guide(sequences)
+        guide, scores = fit_mouth_guide(sequences, audio_hidden=self.stage.mouth_guide_hidden)
         self.model.motion.add_mouth_guide(guide)
         return scores
 
