@@ -71,9 +71,20 @@ class MouthGuide(nn.Module):
         ]
 
     @torch.no_grad()
+    def set_audio_network(self, scale: torch.Tensor, linears: Sequence[nn.Linear], output_scale: float) -> None:
+        """Hold a fitted audio network: `scale` divides the centred windows, then the hidden `linears` (GELU after
+        each) and the last one, to one output, which times `output_scale` is the opening."""
+        *hidden, output = linears
+        self.audio_scale.copy_(scale.reshape(self.audio_scale.shape))
+        for (weight, bias), layer in zip(self.audio_layers(), hidden, strict=True):
+            weight.copy_(layer.weight)
+            bias.copy_(layer.bias)
+        self.audio_weights.copy_(output.weight[0] * output_scale)
+
+    @torch.no_grad()
     def openings_from_audio(self, windows: np.ndarray) -> np.ndarray:
         """The mouth opening per frame (T,) about its mean that the audio windows (T, window, D) of a whole track
-        predict."""
+        (or the same flattened, (T, window·D)) predict."""
         features = torch.from_numpy(np.asarray(windows, dtype=np.float64).reshape(len(windows), -1))
         features = features - features.mean(dim=0)
         if self.audio_hidden:

@@ -36,6 +36,7 @@ NETWORK_BATCH = 256
 NETWORK_LEARNING_RATE = 1e-3
 NETWORK_WEIGHT_DECAY = 1e-2
 NETWORK_DROPOUT = 0.2
+NETWORK_SEED = 0
 
 
 @dataclass
@@ -88,31 +89,17 @@ def ridge_read_out(
     return fit_ridges(*centred(parts), [best])[best], best, scores[best]
 
 
-@dataclass
-class AudioNetwork:
-    """A fitted audio → opening network: centred features (T, D) divided by `scale` (D,) through `network`, whose
-    outputs times `target_scale` are openings about their mean."""
-
-    scale: np.ndarray
-    network: nn.Sequential
-    target_scale: float
-
-    @torch.no_grad()
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        inputs = torch.from_numpy((features - features.mean(axis=0)) / self.scale).float()
-        return self.network(inputs).squeeze(1).double().numpy() * self.target_scale
-
-
-def fit_audio_network(parts: list[tuple[np.ndarray, np.ndarray]], hidden: Sequence[int], seed: int = 0) -> AudioNetwork:
-    """A network with `hidden` widths (GELU, dropout) from features (T, D) to targets (T,) over sequences `parts`,
-    each centred; the same for the same data and seed."""
+def fit_audio_network(guide: MouthGuide, parts: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Fit `guide`'s audio network (its `audio_hidden` widths, GELU, dropout) from features (T, D) to targets (T,)
+    over sequences `parts`, each centred; the same for the same data whatever the global random state."""
     features, targets = centred(parts)
     scale = features.std(axis=0) + 1e-6
     target_scale = float(targets.std()) + 1e-12
     inputs = torch.from_numpy(features / scale).float()
     outputs = torch.from_numpy(targets / target_scale).float()
+    hidden = guide.audio_hidden
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
-        torch.manual_seed(seed)
+        torch.manual_seed(NETWORK_SEED)
         layers: list[nn.Module] = []
         for fan_in, width in zip((inputs.shape[1], *hidden), hidden):
             layers += [nn.Linear(fan_in, width), nn.GELU(), nn.Dropout(NETWORK_DROPOUT)]
@@ -124,16 +111,18 @@ def fit_audio_network(parts: list[tuple[np.ndarray, np.ndarray]], hidden: Sequen
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-    return AudioNetwork(scale, network.eval(), target_scale)
+    linears = [layer for layer in network if isinstance(layer, nn.Linear)]
+    guide.set_audio_network(torch.from_numpy(scale), linears, target_scale)
 
 
-def network_read_out(parts: list[tuple[np.ndarray, np.ndarray]], hidden: Sequence[int]) -> tuple[AudioNetwork, float]:
-    """A network fitted on sequences `parts` and its score fitted without the held-out sequences (mean Pearson
-    per held-out sequence)."""
+def network_read_out(guide: MouthGuide, parts: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Fit `guide`'s audio network on sequences `parts`; its score fitted without the held-out sequences (mean
+    Pearson per held-out sequence)."""
     held_out, fitting = held_out_split(parts)
-    trial = fit_audio_network(fitting, hidden)
-    score = float(np.nanmean([pearson(trial.predict(x), y) for x, y in held_out]))
-    return fit_audio_network(parts, hidden), score
+    fit_audio_network(guide, fitting)
+    score = float(np.nanmean([pearson(guide.openings_from_audio(x), y) for x, y in held_out]))
+    fit_audio_network(guide, parts)
+    return score
 
 
 def opening_direction(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -168,13 +157,7 @@ def fit_mouth_guide(
 
     guide = MouthGuide(window, feature_dim, latent_shape, audio_hidden=audio_hidden)
     if audio_hidden:
-        network, audio_r = network_read_out(audio, audio_hidden)
-        guide.audio_scale.copy_(torch.from_numpy(network.scale.reshape(window, feature_dim)))
-        *hidden_layers, output = [layer for layer in network.network if isinstance(layer, nn.Linear)]
-        for (weight, bias), layer in zip(guide.audio_layers(), hidden_layers):
-            weight.copy_(layer.weight)
-            bias.copy_(layer.bias)
-        guide.audio_weights.copy_(output.weight[0] * network.target_scale)
+        audio_r = network_read_out(guide, audio)
     else:
         audio_weights, _, audio_r = ridge_read_out(audio)
         guide.audio_weights.copy_(torch.from_numpy(audio_weights.reshape(window, feature_dim)))
