@@ -16,6 +16,7 @@ from rgbd_portrait.data.image_io import (
     make_preview,
     plan_square_fit,
     require_same_size,
+    soften_outside,
     to_uint8_rgb,
     write_depth_colormap,
     write_depth_npy,
@@ -281,6 +282,48 @@ def test_pad_mode_keeps_the_whole_image_and_maps_back_exactly():
     np.testing.assert_array_equal(fit.to_input_size(padded), image)
     edge, _ = fit_square(image, 50, mode="pad")
     np.testing.assert_array_equal(edge[0], image[0])  # edge padding replicates the border row
+
+
+def _photo_with_padding(side=96, photo_columns=40):
+    """A photo (left `photo_columns` columns: a dark backdrop with a bright stripe near its right border) padded
+    to `side` by mirroring it, as `prepare` warps a tight crop; returns the image and where the photo is."""
+    photo = np.full((side, photo_columns, 3), (40, 60, 80), np.uint8)
+    photo[:, photo_columns - 6 : photo_columns - 3] = 250
+    image = np.pad(photo, ((0, 0), (0, side - photo_columns), (0, 0)), mode="reflect")
+    inside = np.zeros((side, side), bool)
+    inside[:, :photo_columns] = True
+    return image, inside
+
+
+def test_padding_becomes_an_out_of_focus_backdrop_of_the_border_colour():
+    image, inside = _photo_with_padding()
+    softened = soften_outside(image, inside)
+    assert softened.dtype == np.uint8
+    np.testing.assert_array_equal(softened[inside], image[inside])
+    # The mirrored stripe (columns 42-44) is blurred away, and far from the photo only the border's colour is left.
+    assert image[:, 42:45].min() == 250 and softened[:, 42:45].max() < 150
+    np.testing.assert_array_equal(softened[:, 70:], np.broadcast_to([40, 60, 80], softened[:, 70:].shape))
+    floats = soften_outside(image.astype(np.float32) / 255, inside)
+    assert floats.dtype == np.float32
+    np.testing.assert_allclose(floats * 255, softened, atol=1.0)
+
+
+def test_soften_outside_leaves_whole_photos_and_rejects_a_mismatched_mask():
+    image, _ = _photo_with_padding()
+    assert soften_outside(image, np.ones(image.shape[:2], bool)) is image
+    with pytest.raises(ValueError, match="inside is"):
+        soften_outside(image, np.ones((3, 3), bool))
+
+
+def test_soft_padding_of_a_square_fit_keeps_the_photo_and_fades_the_rest():
+    image = np.random.default_rng(2).random((30, 50, 3)).astype(np.float32)
+    padded, fit = fit_square(image, 50, mode="pad", padding="soft")
+    np.testing.assert_array_equal(padded[10:40], image)
+    # Edge padding streaks the border rows' noise across the padding; soft padding fades it to one colour.
+    edge, _ = fit_square(image, 50, mode="pad")
+    assert np.abs(np.diff(edge[:10], axis=1)).mean() > 0.2
+    assert np.abs(np.diff(padded[:10], axis=1)).mean() < 0.05
+    np.testing.assert_allclose(padded[0], padded[0, :1].repeat(50, axis=0), atol=1e-6)
 
 
 def test_resizing_images_depth_and_masks():

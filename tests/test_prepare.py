@@ -289,3 +289,20 @@ def test_cli_prepares_a_photo_and_prints_the_summary(tmp_path, portrait_folder, 
     assert args.func(args) == 0
     assert "samples written: 1" in capsys.readouterr().out
     assert read_sample(tmp_path / "out" / "astronaut").rgb.shape == (64, 64, 3)
+
+
+def test_a_tight_face_crop_is_padded_with_a_soft_backdrop_not_its_mirror_image(portraits, preparer):
+    # A face cut out tightly, as UTKFace ships them: the aligned crop reaches far past its borders.
+    photo = portraits["astronaut"]
+    x, y, width, height = (round(value) for value in preparer.find_faces(photo)[0].box)
+    tight = np.ascontiguousarray(photo[y : y + height, x : x + width])
+    face = preparer.find_faces(tight)[0]
+    crop, inside = warp_to_crop(tight, preparer.align(face))
+    outside = ~inside
+    assert outside.mean() > 0.3
+    # Far from the photo the backdrop is one colour; a mirrored face would vary as much as the face does.
+    from scipy.ndimage import distance_transform_edt
+
+    far = distance_transform_edt(outside) > 0.2 * SIZE
+    assert far.any() and crop[far].std(axis=0).max() < 1.0
+    assert crop[inside].std(axis=0).min() > 20.0

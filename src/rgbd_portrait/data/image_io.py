@@ -18,6 +18,7 @@ import matplotlib
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
+from scipy import ndimage
 
 from rgbd_portrait.data.sample_format import encode_normals
 from rgbd_portrait.errors import UserInputError
@@ -32,6 +33,13 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _EXR_SUFFIX = ".exr"
 
 Interpolation = Literal["bilinear", "nearest"]
+# Padding past a photo's borders becomes an out-of-focus backdrop (`soften_outside`); lengths are fractions of
+# the image side: the blur's sigma, the distance over which the blur sets in, the distance over which it fades
+# to the border's median colour, and how deep a ring of the photo along its border gives that colour.
+PADDING_BLUR = 0.04
+PADDING_BLUR_RAMP = 0.02
+PADDING_FADE = 0.2
+PADDING_COLOUR_RING = 0.05
 
 
 def _first_line(error: BaseException) -> str:
@@ -179,6 +187,32 @@ def load_depth(
 # --- square fitting -----------------------------------------------------------------------------------------
 
 
+def soften_outside(image: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """`image` (H, W, C) with its pixels outside `inside` (H, W) bool, the padding past a photo's borders, made
+    an out-of-focus backdrop: blurred, then faded toward the median colour of the photo along its border, more
+    the farther from the photo. Mirrored or streaked copies of the photo there would teach a generator to draw
+    them (FFHQ's crops fade their padding likewise). Pixels inside are returned unchanged, in `image`'s dtype."""
+    if inside.shape != image.shape[:2]:
+        raise ValueError(f"inside is {inside.shape}, the image {image.shape[:2]}")
+    if inside.all() or not inside.any():
+        return image
+    side = max(inside.shape)
+    to_photo = ndimage.distance_transform_edt(~inside)
+    ring = inside & (ndimage.distance_transform_edt(inside) <= max(PADDING_COLOUR_RING * side, 1.0))
+    pixels = image.astype(np.float32)
+    colour = np.median(pixels[ring], axis=0)
+    sigma = PADDING_BLUR * side
+    blurred = ndimage.gaussian_filter(pixels, sigma=(sigma, sigma) + (0,) * (image.ndim - 2))
+    to_blur = np.clip(to_photo / (PADDING_BLUR_RAMP * side), 0.0, 1.0)[..., None]
+    to_colour = np.clip(to_photo / (PADDING_FADE * side), 0.0, 1.0)[..., None]
+    softened = pixels + (blurred - pixels) * to_blur
+    softened += (colour - softened) * to_colour
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        softened = np.clip(np.round(softened), info.min, info.max)
+    return np.where(inside[..., None], image, softened.astype(image.dtype))
+
+
 def _resize(array: np.ndarray, height: int, width: int, interpolation: Interpolation) -> np.ndarray:
     """Resize (H, W) or (H, W, C) to (height, width), keeping the dtype (bool and integers are rounded back)."""
     if array.shape[:2] == (height, width):
@@ -221,11 +255,15 @@ class SquareFit:
     def apply(
         self, array: np.ndarray, *, interpolation: Interpolation = "bilinear", padding: str | float = "edge"
     ) -> np.ndarray:
-        """Cut the square out of `array` (H, W[, C]) and resize it; `padding` is "edge" or a constant."""
+        """Cut the square out of `array` (H, W[, C]) and resize it; `padding` is "edge", a constant, or "soft"
+        for images: `soften_outside` of the edge padding."""
         if array.shape[:2] != (self.input_height, self.input_width):
             raise ValueError(
                 f"array is {array.shape[:2]}, the fit was planned for {self.input_height, self.input_width}"
             )
+        if padding == "soft":
+            inside = self.apply(np.ones(array.shape[:2], dtype=bool), interpolation="nearest", padding=False)
+            return soften_outside(self.apply(array, interpolation=interpolation), inside)
         before_rows, before_columns = max(0, -self.top), max(0, -self.left)
         after_rows = max(0, self.top + self.side - self.input_height)
         after_columns = max(0, self.left + self.side - self.input_width)

@@ -299,8 +299,9 @@ def face_square_fit(height: int, width: int, output_side: int, framing: tuple[fl
 
 
 def fit_image(image: LoadedImage, fit: SquareFit) -> torch.Tensor:
-    """(3, side, side) float tensor in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(fit.apply(image.pixels))).permute(2, 0, 1)
+    """(3, side, side) float tensor in [0, 1]; padding past the photo's borders is softened as in training
+    crops (`soften_outside`)."""
+    return torch.from_numpy(np.ascontiguousarray(fit.apply(image.pixels, padding="soft"))).permute(2, 0, 1)
 
 
 def fit_depth(depth: LoadedDepth, fit: SquareFit) -> tuple[torch.Tensor, torch.Tensor]:

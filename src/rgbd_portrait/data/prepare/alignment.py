@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rgbd_portrait.data.image_io import soften_outside
 from rgbd_portrait.data.prepare.dependencies import import_cv2
 from rgbd_portrait.data.prepare.nominal_scale import MOUTH_CORNERS, eye_centers
 
@@ -99,13 +100,14 @@ def _warp(array: np.ndarray, alignment: Alignment, *, border: int, nearest: bool
 def warp_to_crop(image: np.ndarray, alignment: Alignment) -> tuple[np.ndarray, np.ndarray]:
     """Resample `image` (H, W, 3) uint8 into the crop; returns the crop and where it lies inside the image.
 
-    Outside the image the crop mirrors it (so the network sees no hard border); those pixels are marked
-    invalid and end up as background.
+    Outside the image the crop is an out-of-focus backdrop (`soften_outside` of the image mirrored there), so
+    the network sees neither a hard border nor mirrored copies of the face; those pixels are marked invalid and
+    end up as background.
     """
     cv2 = import_cv2()
-    crop = _warp(image, alignment, border=cv2.BORDER_REFLECT_101)
-    inside = np.ones(image.shape[:2], dtype=np.uint8)
-    return crop, _warp(inside, alignment, border=cv2.BORDER_CONSTANT, nearest=True).astype(bool)
+    inside = _warp(np.ones(image.shape[:2], dtype=np.uint8), alignment, border=cv2.BORDER_CONSTANT, nearest=True)
+    inside = inside.astype(bool)
+    return soften_outside(_warp(image, alignment, border=cv2.BORDER_REFLECT_101), inside), inside
 
 
 def warp_depth_to_crop(depth: np.ndarray, valid: np.ndarray, alignment: Alignment) -> tuple[np.ndarray, np.ndarray]:
