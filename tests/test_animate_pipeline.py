@@ -19,7 +19,7 @@ from rgbd_portrait.models import RGBDPortraitModel
 from rgbd_portrait.models.motion import MotionLayers
 from rgbd_portrait.models.testing import tiny_model_section
 from rgbd_portrait.pipelines import RGBDPortraitPipeline, animation_export
-from rgbd_portrait.pipelines.animate import animate
+from rgbd_portrait.pipelines.animate import animate, paste_generated_region, prepare_animation
 from rgbd_portrait.pipelines.animation_export import VIDEO_FILES, run_animate
 
 SIDE = 16
@@ -280,6 +280,9 @@ def test_mouth_only_keeps_the_photo_outside_the_mouth_box(files, pipeline, monke
     # The reference's image latents are what stays still.
     rgb_latents = _reference_rgb_latents(pipeline, files)
     assert torch.allclose(reference_latents[:, :channels, ~mouth], rgb_latents[:, :, ~mouth], atol=1e-5)
+    # Away from the mouth (rows 0–5 px, beyond the feather) every frame is the photo itself, not its decoding.
+    photo = prepare_animation(pipeline, files / "portrait.png", files / "speech.wav").reference
+    assert torch.equal(output.rgb[:, :, :6], photo[:, :6].expand(8, -1, -1, -1))
 
     monkeypatch.setattr(pipeline.face_centres, "landmarks", lambda pixels: None)
     with pytest.raises(UserInputError, match="mouth_only: no face found"):
@@ -364,3 +367,21 @@ def test_mouth_guidance_steers_the_generated_mouth_to_the_audio_s_opening(files,
         assert torch.allclose(scale * kwargs["mouth_targets"], targets)
     with pytest.raises(UserInputError, match="mouth-only"):
         animate(pipe, files / "portrait.png", files / "speech.wav", seconds=0.2, mouth_only=False, mouth_guidance=1.0)
+
+
+def test_pasting_the_generated_change_cancels_the_codecs_colour_shift():
+    photo = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    cells = torch.zeros(8, 8, dtype=torch.bool)
+    cells[5:7, 2:6] = True  # pixels: rows 10–13, columns 4–11
+    # The decoder shifts every colour alike; the second frame opens a dark mouth in the cells and darkens the
+    # rest of the frame a little too, which only the feather around the cells may show.
+    decoded_photo = (0.8 * photo + 0.15).clamp(0, 1)
+    frames = decoded_photo.expand(2, -1, -1, -1).clone()
+    frames[1] -= 0.1
+    frames[1, :, 10:14, 4:12] -= 0.3
+    pasted = paste_generated_region(frames, decoded_photo, photo, cells)
+    assert torch.equal(pasted[0], photo)  # nothing changed: the photo, without the shift
+    assert torch.equal(pasted[1, :, :6], photo[:, :6])  # beyond the feather
+    torch.testing.assert_close(pasted[1, :, 10:14, 4:12], (photo[:, 10:14, 4:12] - 0.4).clamp(0, 1))
+    feather = photo[:, 9, 4:12] - pasted[1, :, 9, 4:12]
+    assert 0.01 < feather.mean() < 0.09

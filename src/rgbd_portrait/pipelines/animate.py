@@ -20,7 +20,9 @@ grows linearly with it.
 With `mouth_only`, every generated frame keeps the photo's latents (both modalities) outside the lower face,
 known to the backbone as in channel-wise inpainting, and only the mouth and jaw are generated: the video is the
 photographed person, still except for the speaking mouth. The region comes from the reference's face mesh
-(`rgbd_portrait.data.face_regions`). A model whose motion layers hold a fitted `MouthGuide`
+(`rgbd_portrait.data.face_regions`). The RGB frames are the photo plus what the generated frame changed in that
+region (`paste_generated_region`): decoded as they are, they would carry the codec's round trip, its blur and
+its colour shifts (a teal backdrop turns blue), over the whole frame. A model whose motion layers hold a fitted `MouthGuide`
 (`train.motion.mouth_guide`) then steers each generated frame's mouth, at every denoising step, toward the
 opening its audio predicts (`mouth_guidance`: the scale of those openings, default the model's).
 
@@ -39,6 +41,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 from diffusers import SchedulerMixin
+from scipy import ndimage
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
@@ -56,6 +59,8 @@ from rgbd_portrait.pipelines.pipeline import DEFAULT_GUIDANCE_SCALE, RGBDPortrai
 from rgbd_portrait.pipelines.sampling import sample_latents, with_unconditional_branch
 
 AudioInput = str | os.PathLike | AudioTrack
+# The generated change pasted into the photo fades out over about this many latent cells (Gaussian sigma).
+PASTE_FEATHER_CELLS = 0.5
 
 
 @dataclass
@@ -325,8 +330,9 @@ def iter_animation(
     from 4.5–5.0× to 3.3–3.7× the truth's (docs/animate.md). Needs motion frames.
 
     `mouth_only`: generate only the mouth and jaw (`face_regions.mouth_box` of the reference's face mesh); the
-    rest of every frame is the photo's latents and predicted depth. None takes the model's default, set by
-    training with mouth inpainting (see `mouth_landmarks`).
+    rest of every frame is the photo's latents and predicted depth, and the RGB frames are the photo plus the
+    generated change (`paste_generated_region`). None takes the model's default, set by training with mouth inpainting (see
+    `mouth_landmarks`).
 
     `mouth_guidance`: with `mouth_only` and a model holding a `MouthGuide`, the scale of the openings the audio
     predicts that each denoising step moves the mouth to (0 = off; 1 = as the audio map predicts them, shrunk
@@ -349,7 +355,7 @@ def iter_animation(
     mouth_only = landmarks is not None
     scale = resolve_mouth_guidance(motion, mouth_only=mouth_only, mouth_guidance=mouth_guidance)
     previous: torch.Tensor | None = None  # clean latents of the last frames generated (or of the reference)
-    still_latents = still_mask = openings = None
+    still_latents = still_mask = decoded_photo = openings = None
     # Either branch runs the reference net once: the only run of the call.
     if (start_from_reference and motion_frames) or mouth_only:
         reference_latents, reference = reference_frame_latents(pipeline, prepared.reference, generator=generator)
@@ -359,6 +365,7 @@ def iter_animation(
             still_latents = reference_latents
             box = torch.from_numpy(mouth_box(landmarks))
             still_mask = ~box_cells(box, reference.latent_size, prepared.reference.shape[-1])
+            decoded_photo, _ = pipeline._decode(reference_latents)
             if scale > 0:
                 openings = scale * audio_openings(motion, prepared)
     else:
@@ -387,12 +394,34 @@ def iter_animation(
             )
             previous = latents[-motion_frames:] if motion_frames else None
             rgb, depth = pipeline._decode(latents[given:])
+            if mouth_only:
+                rgb = paste_generated_region(rgb, decoded_photo, prepared.reference, ~still_mask)
             yield AnimationChunk(first_frame=first, rgb=rgb, depth=depth)
             progress.update(new)
             first += new
     finally:
         progress.close()
         pipeline._release_offloaded()
+
+
+def paste_generated_region(
+    frames: torch.Tensor, decoded_photo: torch.Tensor, photo: torch.Tensor, generated_cells: torch.Tensor
+) -> torch.Tensor:
+    """Decoded frames (n, 3, S, S) in [0, 1] put back into the `photo` (3, S, S) they animate: the photo plus
+    what each frame changed against `decoded_photo` (the photo's own latents decoded) in the generated latent
+    cells (h, w) bool, faded out over a feather around them.
+
+    Pasting the change, not the decoded pixels, cancels what the codec does to every image alike (a round trip
+    shifts hues, a teal backdrop turns blue, and blurs), and keeps the photo's detail wherever the mouth did not
+    move.
+    """
+    side = photo.shape[-1]
+    weight = torch.nn.functional.interpolate(generated_cells[None, None].float(), size=(side, side), mode="nearest")
+    weight = weight.squeeze().numpy()
+    cell = side / generated_cells.shape[-1]
+    feathered = np.maximum(weight, ndimage.gaussian_filter(weight, sigma=PASTE_FEATHER_CELLS * cell))
+    feathered = torch.from_numpy(np.clip(feathered, 0.0, 1.0)).float()
+    return (photo + (frames - decoded_photo) * feathered).clamp(0.0, 1.0)
 
 
 def audio_openings(motion: MotionLayers, prepared: PreparedAnimation) -> torch.Tensor:
