@@ -22,9 +22,9 @@ known to the backbone as in channel-wise inpainting, and only the mouth and jaw 
 photographed person, still except for the speaking mouth. The region comes from the reference's face mesh
 (`rgbd_portrait.data.face_regions`). The RGB frames are the photo plus what the generated frame changed in that
 region (`paste_generated_region`): decoded as they are, they would carry the codec's round trip, its blur and
-its colour shifts (a teal backdrop turns blue), over the whole frame. A model whose motion layers hold a fitted `MouthGuide`
-(`train.motion.mouth_guide`) then steers each generated frame's mouth, at every denoising step, toward the
-opening its audio predicts (`mouth_guidance`: the scale of those openings, default the model's).
+its colour shifts (a teal backdrop turns blue), over the whole frame. A model whose motion layers hold a fitted
+`MouthGuide` (`train.motion.mouth_guide`) then steers each generated frame's mouth, at every denoising step,
+toward the opening its audio predicts (`mouth_guidance`: the scale of those openings, default the model's).
 
 Every frame of a window reads the same reference features, computed once per call; each frame hears its own
 audio window (`rgbd_portrait.data.audio`). Classifier-free guidance drops the reference and the audio together
@@ -41,8 +41,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 from diffusers import SchedulerMixin
-from scipy import ndimage
 from diffusers.utils.torch_utils import randn_tensor
+from scipy import ndimage
 from tqdm.auto import tqdm
 
 from rgbd_portrait.data.audio import AudioTrack, audio_windows, load_audio, make_audio_features
@@ -331,8 +331,8 @@ def iter_animation(
 
     `mouth_only`: generate only the mouth and jaw (`face_regions.mouth_box` of the reference's face mesh); the
     rest of every frame is the photo's latents and predicted depth, and the RGB frames are the photo plus the
-    generated change (`paste_generated_region`). None takes the model's default, set by training with mouth inpainting (see
-    `mouth_landmarks`).
+    generated change (`paste_generated_region`). None takes the model's default, set by training with mouth
+    inpainting (see `mouth_landmarks`).
 
     `mouth_guidance`: with `mouth_only` and a model holding a `MouthGuide`, the scale of the openings the audio
     predicts that each denoising step moves the mouth to (0 = off; 1 = as the audio map predicts them, shrunk
