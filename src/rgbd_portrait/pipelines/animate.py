@@ -20,11 +20,12 @@ grows linearly with it.
 With `mouth_only`, every generated frame keeps the photo's latents (both modalities) outside the lower face,
 known to the backbone as in channel-wise inpainting, and only the mouth and jaw are generated: the video is the
 photographed person, still except for the speaking mouth. The region comes from the reference's face mesh
-(`rgbd_portrait.data.face_regions`). The RGB frames are the photo plus what the generated frame changed in that
-region (`paste_generated_region`): decoded as they are, they would carry the codec's round trip, its blur and
-its colour shifts (a teal backdrop turns blue), over the whole frame. A model whose motion layers hold a fitted
-`MouthGuide` (`train.motion.mouth_guide`) then steers each generated frame's mouth, at every denoising step,
-toward the opening its audio predicts (`mouth_guidance`: the scale of those openings, default the model's).
+(`rgbd_portrait.data.face_regions`). The RGB frames are the photo, with the generated frame's pixels pasted where
+it changed them in that region (`paste_generated_region`): decoded as they are, they would carry the codec's
+round trip, its blur and its colour shifts (a teal backdrop turns blue), over the whole frame. A model whose
+motion layers hold a fitted `MouthGuide` (`train.motion.mouth_guide`) then steers each generated frame's mouth,
+at every denoising step, toward the opening its audio predicts (`mouth_guidance`: the scale of those openings,
+default the model's).
 
 Every frame of a window reads the same reference features, computed once per call; each frame hears its own
 audio window (`rgbd_portrait.data.audio`). Classifier-free guidance drops the reference and the audio together
@@ -59,8 +60,13 @@ from rgbd_portrait.pipelines.pipeline import DEFAULT_GUIDANCE_SCALE, RGBDPortrai
 from rgbd_portrait.pipelines.sampling import sample_latents, with_unconditional_branch
 
 AudioInput = str | os.PathLike | AudioTrack
-# The generated change pasted into the photo fades out over about this many latent cells (Gaussian sigma).
+# A mouth-only frame is pasted into the photo over its generated cells and a feather of about this many cells
+# (Gaussian sigma); a pixel shows the frame fully where the frame changed it by this much (mean over RGB in
+# [0, 1]; the codec's own noise between two decodings of nearly the same latents is a few hundredths), and
+# that share is smoothed over this many pixels (sigma).
 PASTE_FEATHER_CELLS = 0.5
+PASTE_FULL_CHANGE = 0.1
+PASTE_CHANGE_SMOOTHING = 1.0
 
 
 @dataclass
@@ -330,9 +336,9 @@ def iter_animation(
     from 4.5–5.0× to 3.3–3.7× the truth's (docs/animate.md). Needs motion frames.
 
     `mouth_only`: generate only the mouth and jaw (`face_regions.mouth_box` of the reference's face mesh); the
-    rest of every frame is the photo's latents and predicted depth, and the RGB frames are the photo plus the
-    generated change (`paste_generated_region`). None takes the model's default, set by training with mouth
-    inpainting (see `mouth_landmarks`).
+    rest of every frame is the photo's latents and predicted depth, and the RGB frames are the photo with the
+    generated pixels pasted where they changed it (`paste_generated_region`). None takes the model's default,
+    set by training with mouth inpainting (see `mouth_landmarks`).
 
     `mouth_guidance`: with `mouth_only` and a model holding a `MouthGuide`, the scale of the openings the audio
     predicts that each denoising step moves the mouth to (0 = off; 1 = as the audio map predicts them, shrunk
@@ -407,21 +413,36 @@ def iter_animation(
 def paste_generated_region(
     frames: torch.Tensor, decoded_photo: torch.Tensor, photo: torch.Tensor, generated_cells: torch.Tensor
 ) -> torch.Tensor:
-    """Decoded frames (n, 3, S, S) in [0, 1] put back into the `photo` (3, S, S) they animate: the photo plus
-    what each frame changed against `decoded_photo` (the photo's own latents decoded) in the generated latent
-    cells (h, w) bool, faded out over a feather around them.
+    """Decoded frames (n, 3, S, S) in [0, 1] put back into the `photo` (3, S, S) they animate: in the generated
+    latent cells (h, w) bool and a feather around them, each frame's pixels replace the photo's as far as the
+    frame changed them against `decoded_photo` (the photo's own latents decoded; fully from a change of
+    `PASTE_FULL_CHANGE` on), and the photo stays everywhere else.
 
-    Pasting the change, not the decoded pixels, cancels what the codec does to every image alike (a round trip
-    shifts hues, a teal backdrop turns blue, and blurs), and keeps the photo's detail wherever the mouth did not
-    move.
+    The decoder's colours are not the photo's (a codec round trip shifts hues, a teal backdrop turns blue, and
+    blurs), so each frame is first mapped to the photo's colours by the affine colour transform that best takes
+    its still part (beyond the feather) to the photo, least squares. Where the frame changed little, the photo
+    keeps its detail; where the mouth moved, the frame's pixels show alone, with no trace of the photo's lips.
     """
     side = photo.shape[-1]
-    weight = torch.nn.functional.interpolate(generated_cells[None, None].float(), size=(side, side), mode="nearest")
-    weight = weight.squeeze().numpy()
+    cells = generated_cells[None, None].float()
+    weight = torch.nn.functional.interpolate(cells, size=(side, side), mode="nearest").squeeze().numpy()
     cell = side / generated_cells.shape[-1]
-    feathered = np.maximum(weight, ndimage.gaussian_filter(weight, sigma=PASTE_FEATHER_CELLS * cell))
-    feathered = torch.from_numpy(np.clip(feathered, 0.0, 1.0)).float()
-    return (photo + (frames - decoded_photo) * feathered).clamp(0.0, 1.0)
+    feathered = np.clip(np.maximum(weight, ndimage.gaussian_filter(weight, sigma=PASTE_FEATHER_CELLS * cell)), 0, 1)
+    still = torch.from_numpy(feathered < 1e-3)
+    if not still.any():
+        return frames
+    target = photo[:, still].T.double()  # (N, 3)
+    change = (frames - decoded_photo).abs().mean(dim=1).numpy()  # (n, S, S)
+    pasted = []
+    for frame, frame_change in zip(frames, change):
+        source = torch.cat([frame[:, still].T, torch.ones(int(still.sum()), 1)], dim=1).double()  # (N, 4)
+        transform = torch.linalg.lstsq(source, target).solution.float()  # (4, 3)
+        matched = torch.cat([frame.reshape(3, -1).T, torch.ones(side * side, 1)], dim=1) @ transform
+        matched = matched.T.reshape(3, side, side).clamp(0.0, 1.0)
+        shown = np.clip(frame_change / PASTE_FULL_CHANGE, 0.0, 1.0)
+        shown = feathered * np.clip(ndimage.gaussian_filter(shown, sigma=PASTE_CHANGE_SMOOTHING), 0.0, 1.0)
+        pasted.append(photo + (matched - photo) * torch.from_numpy(shown).float())
+    return torch.stack(pasted)
 
 
 def audio_openings(motion: MotionLayers, prepared: PreparedAnimation) -> torch.Tensor:
