@@ -311,8 +311,10 @@ def test_padding_becomes_an_out_of_focus_backdrop_of_the_border_colour():
 def test_soften_outside_leaves_whole_photos_and_rejects_a_mismatched_mask():
     image, _ = _photo_with_padding()
     assert soften_outside(image, np.ones(image.shape[:2], bool)) is image
-    with pytest.raises(ValueError, match="inside is"):
+    with pytest.raises(ValueError, match="an \\(H, W\\) mask"):
         soften_outside(image, np.ones((3, 3), bool))
+    with pytest.raises(ValueError, match="an \\(H, W, C\\) image"):
+        soften_outside(image[..., 0], np.ones(image.shape[:2], bool))
 
 
 def test_soft_padding_of_a_square_fit_keeps_the_photo_and_fades_the_rest():

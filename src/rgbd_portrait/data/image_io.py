@@ -192,8 +192,8 @@ def soften_outside(image: np.ndarray, inside: np.ndarray) -> np.ndarray:
     an out-of-focus backdrop: blurred, then faded toward the median colour of the photo along its border, more
     the farther from the photo. Mirrored or streaked copies of the photo there would teach a generator to draw
     them (FFHQ's crops fade their padding likewise). Pixels inside are returned unchanged, in `image`'s dtype."""
-    if inside.shape != image.shape[:2]:
-        raise ValueError(f"inside is {inside.shape}, the image {image.shape[:2]}")
+    if image.ndim != 3 or inside.shape != image.shape[:2]:
+        raise ValueError(f"expected an (H, W, C) image and an (H, W) mask, got {image.shape} and {inside.shape}")
     if inside.all() or not inside.any():
         return image
     side = max(inside.shape)
