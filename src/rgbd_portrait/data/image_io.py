@@ -202,7 +202,7 @@ def soften_outside(image: np.ndarray, inside: np.ndarray) -> np.ndarray:
     pixels = image.astype(np.float32)
     colour = np.median(pixels[ring], axis=0)
     sigma = PADDING_BLUR * side
-    blurred = ndimage.gaussian_filter(pixels, sigma=(sigma, sigma) + (0,) * (image.ndim - 2))
+    blurred = ndimage.gaussian_filter(pixels, sigma=(sigma, sigma, 0))
     to_blur = np.clip(to_photo / (PADDING_BLUR_RAMP * side), 0.0, 1.0)[..., None]
     to_colour = np.clip(to_photo / (PADDING_FADE * side), 0.0, 1.0)[..., None]
     softened = pixels + (blurred - pixels) * to_blur
