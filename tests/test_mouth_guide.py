@@ -12,12 +12,14 @@ from omegaconf import OmegaConf
 
 from animate_support import write_fake_sequence
 from rgbd_portrait.data.face_regions import FACE_TOP_AND_CHIN, INNER_LIPS, JAW_OUTLINE, SUBNASALE
+from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.evaluation.lipsync import pearson
 from rgbd_portrait.models import RGBDPortraitModel
 from rgbd_portrait.models.mouth_guide import MouthGuide
 from rgbd_portrait.models.testing import add_tiny_motion_layers, tiny_model_section
 from rgbd_portrait.pipelines.sampling import steered_prediction
 from rgbd_portrait.training import load_config, train
+from rgbd_portrait.training.motion_stage import MotionRecipe
 from rgbd_portrait.training.mouth_guide import SpeakingSequence, fit_mouth_guide
 
 WINDOW, FEATURES, LATENTS = 5, 6, (8, 6, 6)
@@ -97,6 +99,27 @@ def test_an_audio_network_reads_what_a_linear_map_cannot_and_loads_back(tmp_path
     assert np.allclose(loaded.mouth_guide.openings_from_audio(windows), guide.openings_from_audio(windows))
 
 
+def test_videos_without_latents_join_the_audio_map_only():
+    """Two sequences with latents whose audio says nothing, many without latents whose audio follows the mouth:
+    the audio map is learnt from the latter, the latent maps from the former."""
+    rng = np.random.default_rng(2)
+    pattern = rng.normal(size=LATENTS)
+    with_latents = [_sequence(rng, pattern) for _ in range(2)]
+    for sequence in with_latents:
+        sequence.audio[:] = rng.normal(size=sequence.audio.shape)
+    audio_only = [_sequence(rng, pattern) for _ in range(10)]
+    for sequence in audio_only:
+        sequence.mouth_latents = None
+    guide, _ = fit_mouth_guide(with_latents + audio_only)
+    unseen = _sequence(rng, pattern)
+    assert pearson(guide.openings_from_audio(unseen.audio), unseen.openings) > 0.95
+    direction = guide.latent_direction.numpy()
+    cosine = (direction * pattern)[REGION].sum() / np.linalg.norm(direction) / np.linalg.norm(pattern[REGION])
+    assert cosine > 0.95
+    with pytest.raises(UserInputError, match="at least 2 talking sequences with latents, got 1"):
+        fit_mouth_guide(with_latents[:1] + audio_only)
+
+
 def test_steering_imposes_the_targets_course_over_the_frames_on_the_region_only(fitted):
     guide = fitted[0]
     cells = torch.zeros(LATENTS[1:], dtype=torch.bool)
@@ -160,16 +183,17 @@ def test_the_motion_stage_fits_a_guide_that_is_saved_with_the_motion_layers(tmp_
     start = tmp_path / "start"
     torch.manual_seed(0)
     RGBDPortraitModel.from_config(tiny_model_section()).save_pretrained(start)
-    data = tmp_path / "videos"
-    for number in range(3):
-        write_fake_sequence(
-            data / f"s{number}",
-            identity=f"s{number}",
-            split="train",
-            seconds=0.6,
-            seed=number,
-            speaking_landmarks=_speaking_face(),
-        )
+    data, more = tmp_path / "videos", tmp_path / "more_videos"
+    for folder, numbers in ((data, range(3)), (more, range(3, 5))):
+        for number in numbers:
+            write_fake_sequence(
+                folder / f"s{number}",
+                identity=f"s{number}",
+                split="train",
+                seconds=0.6,
+                seed=number,
+                speaking_landmarks=_speaking_face(),
+            )
     stage = {
         "max_steps": 1,
         "batch_size": 1,
@@ -178,6 +202,7 @@ def test_the_motion_stage_fits_a_guide_that_is_saved_with_the_motion_layers(tmp_
         "checkpoint_every": 0,
         "mouth_inpainting": 1.0,
         "mouth_guide": True,
+        "mouth_guide_roots": [str(more)],
         "layers": {"num_attention_heads": 4, "audio_token_dim": 16, "n_mels": 8, "max_frames": 8},
     }
     config_path = tmp_path / "config.yaml"
@@ -189,7 +214,8 @@ def test_the_motion_stage_fits_a_guide_that_is_saved_with_the_motion_layers(tmp_
         },
         config_path,
     )
-    final = train(load_config(config_path), show_progress=False)
+    config = load_config(config_path)
+    final = train(config, show_progress=False)
 
     model = RGBDPortraitModel.from_pretrained(final)  # strict keys: the guide's buffers are expected and found
     guide = model.motion.mouth_guide
@@ -197,6 +223,26 @@ def test_the_motion_stage_fits_a_guide_that_is_saved_with_the_motion_layers(tmp_
     assert guide.latent_direction.abs().sum() > 0 and guide.audio_weights.abs().sum() > 0
     (final_row,) = [json.loads(line) for line in (tmp_path / "run" / "motion" / "logs" / "final.jsonl").open()]
     assert np.isfinite(final_row["mouth_guide_audio_r"]) and np.isfinite(final_row["mouth_guide_latent_r"])
+
+    # The guide is fitted on the training clips that tile each sequence (15 frames: clips from 0, 4 and 8), then
+    # on those of the guide-only folder: their audio and mouth only, as sequences of their own.
+    recipe = MotionRecipe(model, config.train.motion)
+    clips = recipe.clips(config.data, validation=False, resolution=16, seed=0)
+    batches = list(recipe.finishing_batches(recipe.samples(clips), clips, 1))
+    training = [batch for batch in batches if "rgb" in batch]
+    guide_only = [batch for batch in batches if "rgb" not in batch]
+    assert len(training) == len(guide_only) * 3 // 2 == 9
+    assert all(set(batch) == {"audio", "mouth_opening", "sequence"} for batch in guide_only)
+    sequences = lambda part: {int(batch["sequence"]) for batch in part}
+    assert sequences(training) == {0, 1, 2} and sequences(guide_only) == {3, 4}
+
+    elsewhere = f"train.output_dir={tmp_path / 'other_run'}"
+    without_guide = load_config(config_path, ["train.motion.mouth_guide=false", elsewhere])
+    with pytest.raises(UserInputError, match="mouth_guide_roots: only read to fit a mouth guide"):
+        train(without_guide, show_progress=False)
+    missing = load_config(config_path, [f"train.motion.mouth_guide_roots=[{tmp_path / 'nowhere'}]", elsewhere])
+    with pytest.raises(UserInputError, match=r"train.motion.mouth_guide_roots\[0\]: .*nowhere not found"):
+        train(missing, show_progress=False)
 
 
 def test_at_zero_terminal_snr_v_is_steered_and_epsilon_left_alone():

@@ -101,6 +101,7 @@ class TalkingClipDataset(Dataset):
         if audio_radius < 0:
             raise UserInputError(f"audio_radius: must not be negative, got {audio_radius}")
         self.audio_features = audio_features
+        self.split = split
         self.clip_frames = clip_frames
         self.audio_radius = audio_radius
         self.resolution = resolution

@@ -215,6 +215,10 @@ class MotionStageConfig(StageConfig):
     # Hidden widths of the guide's audio → opening map: [] a ridge regression, else a small network of these
     # widths, which follows unseen speakers' mouths better (docs/animate.md).
     mouth_guide_hidden: list[int] = field(default_factory=list)
+    # Further folders of prepared talking videos (the training split) whose audio and face landmarks join the fit
+    # of the guide's audio → opening map only: the motion layers never see them and their frames are never
+    # encoded, so many more clips cost no more than reading their landmarks and audio.
+    mouth_guide_roots: list[str] = field(default_factory=list)
     # Train the backbone, reference net and context too (by default only the motion layers train).
     train_image_layers: bool = False
     validation_inference_steps: int | None = None

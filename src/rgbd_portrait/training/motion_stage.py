@@ -81,8 +81,16 @@ def sequence_folders(data: DataConfig, stage: MotionStageConfig) -> list[tuple[s
 
 
 def check_motion_data(data: DataConfig, stage: MotionStageConfig) -> None:
-    """Each folder of the motion stage needs talking sequences of the training split (checked before any work)."""
-    for root, key, _ in sequence_folders(data, stage):
+    """Each folder of the motion stage needs talking sequences of the training split (checked before any work);
+    folders for the mouth guide alone need a guide to fit."""
+    if stage.mouth_guide_roots and not stage.mouth_guide:
+        raise UserInputError(
+            "train.motion.mouth_guide_roots: only read to fit a mouth guide; set train.motion.mouth_guide"
+        )
+    guide_folders = [
+        (root, f"train.motion.mouth_guide_roots[{n}]", 0.0) for n, root in enumerate(stage.mouth_guide_roots)
+    ]
+    for root, key, _ in sequence_folders(data, stage) + guide_folders:
         if not Path(root).is_dir():
             raise UserInputError(f"{key}: {root} not found")
         if not any(read_meta(folder).get("split", "train") == data.train_split for folder in find_sequences(root)):
@@ -471,21 +479,36 @@ class MotionRecipe:
     ) -> Iterator[Batch]:
         """With `mouth_guide`, the training clips a guide is fitted on, one by one (a batch of 1, no epoch's
         draws): those that tile each sequence with face landmarks, its clips from frames 0, F, 2F, …; each with
-        `sequence`, a number per sequence. None otherwise."""
+        `sequence`, a number per sequence. Then those of the `mouth_guide_roots` (same split), with only their
+        `audio`, `mouth_opening` and `sequence`. None without `mouth_guide`."""
         if not self.stage.mouth_guide:
             return
         parts = clips.parts if isinstance(clips, TalkingClipMixture) else [clips]
         locations = clips.locations if isinstance(clips, TalkingClipMixture) else [(0, i) for i in range(len(clips))]
         numbers: dict[tuple[int, int], int] = {}
         for index, (part, local) in enumerate(locations):
-            clip = parts[part].clips[local]
-            if (
-                clip.first_frame % parts[part].clip_frames
-                or not np.isfinite(parts[part].mouth_openings_of(local)).all()
-            ):
-                continue
-            batch = {name: tensor[None] for name, tensor in samples[(index, 0)].items()}
-            yield batch | {"sequence": torch.tensor([numbers.setdefault((part, clip.sequence), len(numbers))])}
+            if _tiles_with_landmarks(parts[part], local):
+                batch = {name: tensor[None] for name, tensor in samples[(index, 0)].items()}
+                sequence = numbers.setdefault((part, parts[part].clips[local].sequence), len(numbers))
+                yield batch | {"sequence": torch.tensor([sequence])}
+        for position, root in enumerate(self.stage.mouth_guide_roots):
+            guide_clips = TalkingClipDataset(
+                root,
+                audio_features=self.audio_features,
+                split=parts[0].split,
+                clip_frames=self.stage.clip_frames,
+                audio_radius=self.model.motion.config.audio_radius,
+            )
+            for local in range(len(guide_clips)):
+                if _tiles_with_landmarks(guide_clips, local):
+                    sequence = numbers.setdefault(
+                        (len(parts) + position, guide_clips.clips[local].sequence), len(numbers)
+                    )
+                    yield {
+                        "audio": torch.from_numpy(guide_clips.audio_of(local))[None],
+                        "mouth_opening": torch.from_numpy(guide_clips.mouth_openings_of(local))[None],
+                        "sequence": torch.tensor([sequence]),
+                    }
 
     @torch.no_grad()
     def finish(self, batches: Iterable[Batch]) -> dict[str, float]:
@@ -493,28 +516,43 @@ class MotionRecipe:
         held-out correlations are the stage's final metrics."""
         if not self.stage.mouth_guide:
             return {}
-        frames: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        frames: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]] = {}
         for batch in batches:
-            clean = self._latents(batch)[0][0]  # (F, 2C, h, w)
-            cells = box_cells(
-                batch["mouth_box"][0], tuple(clean.shape[-2:]), clean.shape[-2] * self.model.codec.downscale_factor
-            )
-            frames.setdefault(int(batch["sequence"]), []).append(
-                (
-                    batch["mouth_opening"][0].cpu().numpy(),
-                    batch["audio"][0].cpu().numpy(),
-                    (clean * cells).cpu().numpy(),
+            mouth_latents = None
+            if "pseudo_depth" in batch:  # a training clip (those of mouth_guide_roots carry no frames)
+                clean = self._latents(batch)[0][0]  # (F, 2C, h, w)
+                cells = box_cells(
+                    batch["mouth_box"][0], tuple(clean.shape[-2:]), clean.shape[-2] * self.model.codec.downscale_factor
                 )
+                mouth_latents = (clean * cells).cpu().numpy()
+            frames.setdefault(int(batch["sequence"]), []).append(
+                (batch["mouth_opening"][0].cpu().numpy(), batch["audio"][0].cpu().numpy(), mouth_latents)
             )
-        if len(frames) < 2:
+        with_frames = sum(clips[0][2] is not None for clips in frames.values())
+        if with_frames < 2:
             raise UserInputError(
-                "train.motion.mouth_guide: fitting a mouth guide needs at least 2 talking sequences with face "
-                f"landmarks (prepared videos), found {len(frames)}"
+                "train.motion.mouth_guide: fitting a mouth guide needs at least 2 training sequences with face "
+                f"landmarks (prepared videos), found {with_frames}"
             )
-        sequences = [SpeakingSequence(*(np.concatenate(part) for part in zip(*clips))) for clips in frames.values()]
+        sequences = [
+            SpeakingSequence(
+                np.concatenate([opening for opening, _, _ in clips]),
+                np.concatenate([audio for _, audio, _ in clips]),
+                None if clips[0][2] is None else np.concatenate([latents for _, _, latents in clips]),
+            )
+            for clips in frames.values()
+        ]
         guide, scores = fit_mouth_guide(sequences, audio_hidden=self.stage.mouth_guide_hidden)
         self.model.motion.add_mouth_guide(guide)
         return scores
+
+
+def _tiles_with_landmarks(clips: TalkingClipDataset, index: int) -> bool:
+    """Whether clip `index` starts at a multiple of the clip length (the clips that tile a sequence) and every
+    frame of it has face landmarks."""
+    return clips.clips[index].first_frame % clips.clip_frames == 0 and bool(
+        np.isfinite(clips.mouth_openings_of(index)).all()
+    )
 
 
 def _depth_change_ratio(generated: torch.Tensor, true_depth: torch.Tensor) -> float:

@@ -11,7 +11,9 @@ changes over time count: a speaker's resting mouth or lighting does not), in clo
   opening direction; latents → opening is the coordinate along it.
 
 The latents are those of the mouth region of each clip (`face_regions.box_cells` of its `mouth_box`), the cells
-mouth-only animation generates; the read-out and the direction live on the union of those cells.
+mouth-only animation generates; the read-out and the direction live on the union of those cells. The audio map
+needs no latents, so it may be fitted on more videos than the latent maps (`SpeakingSequence.mouth_latents`
+None): it is the part that carries to other speakers, and it follows them better the more clips it sees.
 """
 
 from __future__ import annotations
@@ -42,11 +44,12 @@ NETWORK_SEED = 0
 @dataclass
 class SpeakingSequence:
     """The frames of one talking video: true mouth openings (T,), audio windows (T, window, D), and the codec
-    latents (T, 2C, h, w) with only the mouth region kept (zero elsewhere)."""
+    latents (T, 2C, h, w) with only the mouth region kept (zero elsewhere), or None for a video that only the
+    audio map is fitted on."""
 
     openings: np.ndarray
     audio: np.ndarray
-    mouth_latents: np.ndarray
+    mouth_latents: np.ndarray | None
 
 
 def centred(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -139,15 +142,19 @@ def projection(direction: np.ndarray) -> np.ndarray:
 def fit_mouth_guide(
     sequences: list[SpeakingSequence], audio_hidden: Sequence[int] = ()
 ) -> tuple[MouthGuide, dict[str, float]]:
-    """A guide fitted on `sequences` (at least 2), its audio map linear or a network of `audio_hidden` widths, and
-    the held-out correlations of its two read-outs."""
+    """A guide fitted on `sequences`, its audio map linear or a network of `audio_hidden` widths, on all of them,
+    its latent maps on those with mouth latents (at least 2); and the held-out correlations of its two
+    read-outs."""
     frames, window, feature_dim = sequences[0].audio.shape
-    latent_shape = sequences[0].mouth_latents.shape[1:]
-    region = np.any([np.any(s.mouth_latents != 0, axis=(0, 1)) for s in sequences], axis=0)  # (h, w)
+    with_latents = [s for s in sequences if s.mouth_latents is not None]
+    if len(with_latents) < 2:
+        raise UserInputError(f"mouth guide: needs at least 2 talking sequences with latents, got {len(with_latents)}")
+    latent_shape = with_latents[0].mouth_latents.shape[1:]
+    region = np.any([np.any(s.mouth_latents != 0, axis=(0, 1)) for s in with_latents], axis=0)  # (h, w)
     if not region.any():
         raise UserInputError("mouth guide: the talking sequences have no mouth region")
     audio = [(s.audio.reshape(len(s.openings), -1), s.openings) for s in sequences]
-    mouth = [(s.mouth_latents[:, :, region].reshape(len(s.openings), -1), s.openings) for s in sequences]
+    mouth = [(s.mouth_latents[:, :, region].reshape(len(s.openings), -1), s.openings) for s in with_latents]
     # The latents are read by their coordinate along the opening direction: a ridge read-out follows the true
     # mouth as well on clean latents (0.99 on GRID) but reads noise in the estimates of early denoising steps.
     held_out, fitting = held_out_split(mouth)
