@@ -3,6 +3,8 @@
 import importlib.util
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -210,9 +212,9 @@ def test_latent_cache_gives_the_same_training(tmp_path, data_root):
     assert len(caches) == 2 and all((cache / "shard-00000.safetensors").is_file() for cache in caches)
 
 
-def _write_pseudo_depth_photos(root, count):
+def _write_pseudo_depth_photos(root, count, seed=0):
     """Samples as `rgbd-portrait prepare` writes them: pseudo-depth and face landmarks, one identity each."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     rows, columns = np.mgrid[0:RESOLUTION, 0:RESOLUTION]
     mask = (rows - 8) ** 2 + (columns - 8) ** 2 < 36
     for index in range(count):
@@ -249,6 +251,14 @@ def test_a_mixture_caches_each_folder_once(tmp_path, data_root):
     second = run("second", f"{{root: {photos}, weight: 2}}, {{root: {more}, weight: 1}}")
     # Only the new folder was encoded; the others' caches were read as they were.
     assert len(second) == 3 and all(second[name] == stamp for name, stamp in first.items())
+    # A folder prepared again in place (same names, new pixels, written later) is encoded again, alone.
+    shutil.rmtree(more)
+    rewritten = _write_pseudo_depth_photos(more, 2, seed=1)
+    for sample in rewritten.iterdir():
+        for path in sample.iterdir():
+            os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    third = run("third", f"{{root: {photos}, weight: 2}}, {{root: {more}, weight: 1}}")
+    assert len(third) == 4 and all(third[name] == stamp for name, stamp in second.items())
 
 
 def test_a_new_decoder_keeps_the_cache_fingerprint_a_new_encoder_does_not():

@@ -51,6 +51,12 @@ class SampleEntry:
             return self.source.read_meta()
         return read_meta(self.source)
 
+    def stamp(self) -> str:
+        """The sizes and modification times of the sample's stored files (its shard's, for a sharded sample): a
+        sample written again, under the same name, gets a new stamp."""
+        files = [self.source.shard] if isinstance(self.source, ShardedSample) else sorted(self.source.iterdir())
+        return ";".join(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}" for path in files for stat in [path.stat()])
+
 
 def _entry(key: str, meta: dict[str, Any], source: Path | ShardedSample) -> SampleEntry:
     # A sample without an identity is its own identity; without a split it is training data.

@@ -196,11 +196,13 @@ class TalkingClipDataset(Dataset):
         return candidates[int(np.random.default_rng([self.seed, epoch, index]).integers(len(candidates)))]
 
     def frame_keys(self) -> list[str]:
-        """A name for each frame of `frame_entries`: its sequence folder and frame folder."""
-        return [
-            f"{self.sequences[sequence].folder}:{self.sequences[sequence].frames.entries[entry].key}"
-            for sequence, entry in self.frame_entries
-        ]
+        """A name for each frame of `frame_entries` that changes when the frame is written again: its sequence
+        folder, frame folder and `SampleEntry.stamp`."""
+        names = []
+        for sequence, entry in self.frame_entries:
+            frame = self.sequences[sequence].frames.entries[entry]
+            names.append(f"{self.sequences[sequence].folder}:{frame.key}:{frame.stamp()}")
+        return names
 
     def _frame_numbers(self, clip: _Clip) -> list[int]:
         return list(range(clip.first_frame, clip.first_frame + self.clip_frames))

@@ -13,8 +13,9 @@ it is most of the work. A cache folder holds::
 
 A training mixture of several folders keeps one cache per folder (`CachedLatents.gather` joins them in the
 mixture's order), so adding a folder encodes that folder alone. The folder name is a fingerprint
-of the VAE's config and encoder weights, the folder's sample list and the resolution, so a changed encoder or
-data set never reads stale latents, while a new decoder (trained with the encoder frozen) keeps them.
+of the VAE's config and encoder weights, the folder's samples (names, and the sizes and modification times of
+their files) and the resolution, so a changed encoder or data set, or a folder prepared again in place, never
+reads stale latents, while a new decoder (trained with the encoder frozen) keeps them.
 Shards are written to temporary names and renamed, and `index.json` comes last: a cache is either complete
 or ignored.
 """

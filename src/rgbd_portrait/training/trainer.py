@@ -314,7 +314,7 @@ class Trainer:
         latents = [
             self._cached_latents(
                 EpochZero(PixelSamples(part, with_backdrops=True)),
-                [f"{part.root}:{entry.key}" for entry in part.entries],
+                [f"{part.root}:{entry.key}:{entry.stamp()}" for entry in part.entries],
                 part.resolution,
                 model,
                 CACHED_TENSORS,
