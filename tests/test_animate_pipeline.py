@@ -386,3 +386,19 @@ def test_pasting_generated_pixels_into_the_photo_undoes_the_codecs_colour_shift(
     # Where the mouth opened, the frame's pixels in the photo's colours: 0.3 darker in the decoder's is 0.375 darker.
     torch.testing.assert_close(pasted[1, :, 10:14, 4:12], (photo[:, 10:14, 4:12] - 0.375).clamp(0, 1))
     torch.testing.assert_close(pasted[2], photo, atol=0.01, rtol=0)
+
+
+def test_the_pasted_mouth_takes_the_colours_of_the_skin_around_it_not_of_the_backdrop():
+    photo = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    cells = torch.zeros(16, 16, dtype=torch.bool)
+    cells[10:13, 5:11] = True  # pixels: rows 20–25, columns 10–21
+    # Around the mouth the decoder maps c → 0.8 c + 0.15; on the backdrop (the top rows, beyond the colour ring)
+    # it turns colours another way, as a codec turns a teal backdrop blue. The second frame opens a dark mouth and
+    # is a little darker all over (so the whole feather shows it).
+    decoded_photo = 0.8 * photo + 0.15
+    decoded_photo[:, :8] = 0.5 * photo[[2, 0, 1], :8] + 0.4
+    frames = decoded_photo.expand(2, -1, -1, -1).clone()
+    frames[1] -= 0.1
+    frames[1, :, 20:26, 10:22] -= 0.3
+    pasted = paste_generated_region(frames, decoded_photo, photo, cells)
+    torch.testing.assert_close(pasted[1, :, 20:26, 10:22], (photo[:, 20:26, 10:22] - 0.375).clamp(0, 1))

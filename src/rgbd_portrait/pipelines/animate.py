@@ -67,6 +67,10 @@ AudioInput = str | os.PathLike | AudioTrack
 PASTE_FEATHER_CELLS = 0.5
 PASTE_FULL_CHANGE = 0.1
 PASTE_CHANGE_SMOOTHING = 1.0
+# Each frame's colours are mapped to the photo's by a fit on the still pixels within this many cells of the
+# feather: the skin around the mouth, which the pasted mouth must meet. Fitted on the whole still frame, the map
+# follows the backdrop and hair instead (GRID lbax4n, teal backdrop: lip sync 0.71 that way, 0.75 this way).
+PASTE_COLOUR_RING_CELLS = 2.0
 
 
 @dataclass
@@ -419,8 +423,9 @@ def paste_generated_region(
     `PASTE_FULL_CHANGE` on), and the photo stays everywhere else.
 
     The decoder's colours are not the photo's (a codec round trip shifts hues, a teal backdrop turns blue, and
-    blurs), so each frame is first mapped to the photo's colours by the affine colour transform that best takes
-    its still part (beyond the feather) to the photo, least squares. Where the frame changed little, the photo
+    blurs), and not alike everywhere, so each frame is first mapped to the photo's colours by the affine colour
+    transform that best takes its still part around the feather (`PASTE_COLOUR_RING_CELLS`; the whole still
+    part when that is too small to fit) to the photo, least squares. Where the frame changed little, the photo
     keeps its detail; where the mouth moved, the frame's pixels show alone, with no trace of the photo's lips.
     """
     side = photo.shape[-1]
@@ -428,7 +433,10 @@ def paste_generated_region(
     weight = torch.nn.functional.interpolate(cells, size=(side, side), mode="nearest").squeeze().numpy()
     cell = side / generated_cells.shape[-1]
     feathered = np.clip(np.maximum(weight, ndimage.gaussian_filter(weight, sigma=PASTE_FEATHER_CELLS * cell)), 0, 1)
-    still = torch.from_numpy(feathered < 1e-3)
+    moving = feathered >= 1e-3
+    around = ndimage.binary_dilation(moving, iterations=max(1, round(PASTE_COLOUR_RING_CELLS * cell)))
+    # An affine colour map has 4 unknowns per channel: fit it on more pixels than that.
+    still = torch.from_numpy(~moving & around if (~moving & around).sum() > 4 else ~moving)
     if not still.any():
         return frames
     target = photo[:, still].T.double()  # (N, 3)
