@@ -434,9 +434,9 @@ def paste_generated_region(
     cell = side / generated_cells.shape[-1]
     feathered = np.clip(np.maximum(weight, ndimage.gaussian_filter(weight, sigma=PASTE_FEATHER_CELLS * cell)), 0, 1)
     moving = feathered >= 1e-3
-    around = ndimage.binary_dilation(moving, iterations=max(1, round(PASTE_COLOUR_RING_CELLS * cell)))
+    ring = ~moving & ndimage.binary_dilation(moving, iterations=max(1, round(PASTE_COLOUR_RING_CELLS * cell)))
     # An affine colour map has 4 unknowns per channel: fit it on more pixels than that.
-    still = torch.from_numpy(~moving & around if (~moving & around).sum() > 4 else ~moving)
+    still = torch.from_numpy(ring if ring.sum() > 4 else ~moving)
     if not still.any():
         return frames
     target = photo[:, still].T.double()  # (N, 3)
