@@ -13,7 +13,8 @@ changes over time count: a speaker's resting mouth or lighting does not), in clo
 The latents are those of the mouth region of each clip (`face_regions.box_cells` of its `mouth_box`), the cells
 mouth-only animation generates; the read-out and the direction live on the union of those cells. The audio map
 needs no latents, so it may be fitted on more videos than the latent maps (`SpeakingSequence.mouth_latents`
-None): it is the part that carries to other speakers, and it follows them better the more clips it sees.
+None): more clips of a speaker teach that speaker's mouth; other voices gained little past ~90 clips of one
+speaker on GRID (docs/animate.md).
 """
 
 from __future__ import annotations
