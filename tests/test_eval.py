@@ -1,6 +1,7 @@
 """`rgbd-portrait eval` end to end on a tiny random model and a tiny rendered data set, and its building blocks."""
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -74,10 +75,14 @@ def test_eval_command_writes_every_task_section(data_dir, model_dir, tmp_path, c
     assert set(depth_to_image["image"]["rows"]) == {"model", "reference image, unchanged"}
     assert set(depth_to_image["geometry"]["rows"]) == {"generated image", "ground-truth image", "mean-face template"}
     assert all(0 < row["psnr"] < 60 for row in depth_to_image["image"]["rows"].values())
+    assert set(depth_to_image["detail"]["rows"]) == {"ground-truth image", "generated image"}
 
     joint = results["joint"]
     assert joint["consistency"]["rows"]["generated RGB vs generated depth"]["samples"] == 3 * 2
     assert joint["diversity"]["rows"]["between seeds"]["pairwise_rgb_mae"] > 0  # different seeds differ
+    detail = {name: row["fine_detail"] for name, row in joint["detail"]["rows"].items()}
+    assert set(detail) == {"reference photo", "reference photo through the codec", "generated image"}
+    assert all(math.isfinite(value) for value in detail.values())
     identity = joint["identity"]["rows"]["generated"]
     assert identity["chance_pct"] == 50.0 and 0 <= identity["identity_top1_depth_pct"] <= 100
 

@@ -203,7 +203,8 @@ def test_real_faces_radial_truth_is_recovered_exactly_by_the_radial_baseline(pip
     codec = results["codec"]["rows"]
     assert codec["model"] == codec["baseline model"] and 0 < codec["model"]["rgb_psnr"] < 60
     assert results["joint"]["consistency"]["rows"]["generated RGB vs generated depth"]["samples"] == 4 * 2
-    assert "geometry" in results["depth_to_image"] and "image" not in results["depth_to_image"]
+    assert set(results["depth_to_image"]) == {"geometry", "detail"}
+    assert set(results["joint"]["detail"]["rows"]["generated image"]) == {"samples", "fine_detail"}
     assert (tmp_path / results["sheet"]).is_file()
 
 

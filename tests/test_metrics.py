@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import spearmanr
@@ -12,6 +13,7 @@ from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.evaluation.metrics import (
     align_scale_shift,
     depth_metrics,
+    fine_detail,
     image_metrics,
     mean_absolute_error,
     normal_metrics,
@@ -243,6 +245,30 @@ def test_image_metrics_bundle_and_float32_inputs():
     metrics = image_metrics(target, target, torch.ones(1, 12, 12))
     assert set(metrics) == {"psnr", "ssim", "mae"}
     assert metrics["mae"].item() == 0 and metrics["ssim"].item() == pytest.approx(1.0)
+
+
+def test_fine_detail_reads_blur_and_ignores_brightness_and_contrast():
+    generator = torch.Generator().manual_seed(0)
+    sharp = torch.rand(2, 3, 64, 64, generator=generator)
+    blurred = F.avg_pool2d(sharp, 5, stride=1, padding=2, count_include_pad=False)
+    detail = fine_detail(sharp)
+    assert detail.shape == (2,)
+    assert (fine_detail(blurred) < detail - 1).all()  # a 5-px box blur removes most of the 2–5 px power
+    torch.testing.assert_close(fine_detail(0.3 * sharp + 0.2), detail)
+    # Per image, whatever the leading shape.
+    torch.testing.assert_close(fine_detail(sharp[None]), detail[None])
+
+
+def test_fine_detail_follows_the_period_of_a_pattern():
+    columns = torch.arange(64, dtype=torch.float64)
+    fine, coarse = (0.5 + 0.5 * torch.cos(2 * math.pi * columns / period).expand(3, 64, 64) for period in (3, 25))
+    # Stripes of a 3-px period put their power in the fine band, 25-px ones in the coarse band; half of each, between.
+    assert fine_detail(fine) > 3 > fine_detail((fine + coarse) / 2) > -1 > fine_detail(coarse)
+
+
+def test_fine_detail_refuses_images_that_are_not_rgb():
+    with pytest.raises(UserInputError, match=r"\(\.\.\., 3, H, W\)"):
+        fine_detail(torch.rand(1, 16, 16))
 
 
 # --- rank correlation --------------------------------------------------------------------------------------

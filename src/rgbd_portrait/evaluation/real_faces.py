@@ -19,7 +19,8 @@ depth→image and joint generation
     consistency of depth→image (image→depth of the image rendered from the pseudo-depth, against it) and the
     RGB-D consistency, diversity and identity of joint generation. A real photo has no ground truth under its
     reference's light, so depth→image is not scored against an image; whether the generated images look like
-    photographs is judged by eye on a contact sheet (`real_faces_sheet.png`).
+    photographs is judged by eye on a contact sheet (`real_faces_sheet.png`), and their sharpness is measured
+    against the photos' (the runner's fine detail).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from rgbd_portrait.evaluation.real_support import (
 )
 from rgbd_portrait.evaluation.results import MetricAccumulator
 from rgbd_portrait.evaluation.runner import (
+    DETAIL_CAPTION,
     FOREGROUND_DEPTH,
     EvaluationOptions,
     EvaluationSet,
@@ -269,7 +271,7 @@ def evaluate_real_faces(
         )
         results["generation_samples"] = generated["samples"]
         if "depth_to_image" in generated:
-            results["depth_to_image"] = {"geometry": generated["depth_to_image"]["geometry"]}
+            results["depth_to_image"] = {part: generated["depth_to_image"][part] for part in ("geometry", "detail")}
         if "joint" in generated:
             results["joint"] = generated["joint"]
         results["notes"] += [note for note in generated["notes"] if "template" not in note]
@@ -326,6 +328,9 @@ def format_real_faces(section: Mapping[str, Any]) -> str:
             "another photo of the person, or the photo itself when there is none) against that depth.",
             "",
             format_table(section["depth_to_image"]["geometry"], columns=DEPTH_KEYS),
+            DETAIL_CAPTION,
+            "",
+            format_table(section["depth_to_image"]["detail"]),
         ]
     if "joint" in section:
         joint = section["joint"]
@@ -334,6 +339,9 @@ def format_real_faces(section: Mapping[str, Any]) -> str:
             "(image→depth of the generated image against the generated depth, on the generated subject).",
             "",
             format_table(joint["consistency"], columns=DEPTH_KEYS),
+            DETAIL_CAPTION,
+            "",
+            format_table(joint["detail"]),
         ]
         if "diversity" in joint:
             lines += ["Diversity between seeds (whole image).", "", format_table(joint["diversity"])]

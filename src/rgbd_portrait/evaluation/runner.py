@@ -18,6 +18,7 @@ depth_to_image
     light differs. PSNR/SSIM/MAE on the mask, against the baseline of returning the reference image unchanged.
     Geometry consistency: image→depth of the generated image against the input depth, next to the same
     estimator on the ground-truth image (what a perfect render would score) and the mean-face template.
+    Detail: `metrics.fine_detail` of the generated and the ground-truth images, both at the model's resolution.
 joint
     `joint_samples` generations per reference (one seed each). RGB-D consistency: image→depth of the generated
     RGB against the generated depth, both read as depth under `unproject_relative_depth`'s assumptions, on the
@@ -25,7 +26,9 @@ joint
     seeds of one reference. Identity: each generated depth and image is scored (aligned AbsRel, colour MAE, on
     the candidate's mask) against every other render of the split; the best score per identity ranks the
     identities, and top-1 is the share of generations whose own identity ranks first (chance: 1 / identities).
-    The reference sample itself is left out, so copying it does not count.
+    The reference sample itself is left out, so copying it does not count. Detail: `metrics.fine_detail` of
+    the generated images, of the reference photos and of those photos through the codec (what the decoder
+    alone keeps), all at the model's resolution: how far from a photograph's sharpness the generations are.
 relighting
     Each sample relit, from its predicted depth, to each light of its exact relit renders (`relit_K.png`, light
     from meta.json), against those renders: with the original light estimated (what a user gets) and known;
@@ -62,6 +65,7 @@ from rgbd_portrait.evaluation.baselines import MeanFaceTemplate, flat_plane_dept
 from rgbd_portrait.evaluation.metrics import (
     align_scale_shift,
     depth_metrics,
+    fine_detail,
     image_metrics,
     mean_absolute_error,
     normal_metrics,
@@ -94,6 +98,7 @@ EXTRA_LABELS = {
     "seconds_per_image": "seconds / image ↓",
     "steps": "steps",
     "ensemble": "ensemble",
+    "fine_detail": "fine detail (log10 power, 2–5 px / 12–50 px periods)",
 }
 
 
@@ -342,6 +347,21 @@ class _Evaluation:
             self._predicted_depth |= {item.key: depth for item, depth in zip(missing, predicted)}
         return torch.stack([self._predicted_depth[item.key] for item in items])
 
+    def at_model_size(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) resampled to the model's square resolution (antialiased), where detail is
+        compared: the model's own outputs are made at that size."""
+        side = self.pipeline.model.resolution
+        if images.shape[-2:] == (side, side):
+            return images
+        return F.interpolate(images, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+
+    @torch.no_grad()
+    def through_codec(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] encoded (posterior mode) and decoded by the model's codec."""
+        codec = self.pipeline.model.codec
+        encoded = codec.encode_rgb((images * 2 - 1).to(self.pipeline.device, self.pipeline.dtype))
+        return ((codec.decode_rgb(encoded).float().cpu() + 1) / 2).clamp(0, 1)
+
     def _template_rows(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The baselines' depth for images (B, 3, H, W), by name."""
         rows = {}
@@ -371,6 +391,7 @@ class _Evaluation:
 
     def depth_to_image(self) -> dict[str, Any]:
         image_rows = {name: MetricAccumulator() for name in ("model", "reference image, unchanged")}
+        detail_rows = {name: MetricAccumulator() for name in ("ground-truth image", "generated image")}
         geometry_rows = {
             name: MetricAccumulator() for name in ("generated image", "ground-truth image", "mean-face template")
         }
@@ -396,6 +417,8 @@ class _Evaluation:
                 image_rows["model"].update(image_metrics(generated, truth, mask))
                 reference_images = torch.stack([reference.rgb for reference in references])
                 image_rows["reference image, unchanged"].update(image_metrics(reference_images, truth, mask))
+                detail_rows["ground-truth image"].update({"fine_detail": fine_detail(self.at_model_size(truth))})
+                detail_rows["generated image"].update({"fine_detail": fine_detail(self.at_model_size(generated))})
 
                 keys = [f"{item.key}#generated" for item in batch] + [f"{item.key}#truth" for item in batch]
                 depths = self.predict_depth(
@@ -413,6 +436,7 @@ class _Evaluation:
             "ground_truth": {kind: count for kind, count in truth_kinds.items() if count},
             "image": {"rows": mean_rows(image_rows)},
             "geometry": {"rows": mean_rows(geometry_rows)},
+            "detail": {"rows": mean_rows(detail_rows)},
         }
         if rerender_psnr:
             section["rerender_check_psnr"] = min(rerender_psnr)
@@ -449,6 +473,10 @@ class _Evaluation:
         consistency = MetricAccumulator()
         diversity = MetricAccumulator()
         identity = MetricAccumulator()
+        detail = {
+            name: MetricAccumulator()
+            for name in ("reference photo", "reference photo through the codec", "generated image")
+        }
         samples_per_reference = self.options.joint_samples
         candidates = _IdentityCandidates(self.samples)
         if not candidates.usable:
@@ -471,6 +499,12 @@ class _Evaluation:
                 estimated = self.predict_depth(list(rgb), list(foreground), [f"{key}#depth" for key in keys])
                 metric_depth, camera = _as_relative_metric(depth)
                 consistency.update(score_depth(estimated, metric_depth, foreground, intrinsics=[camera] * len(keys)))
+                photos = self.at_model_size(torch.stack([item.rgb for item in batch]))
+                detail["reference photo"].update({"fine_detail": fine_detail(photos)})
+                detail["reference photo through the codec"].update(
+                    {"fine_detail": fine_detail(self.through_codec(photos))}
+                )
+                detail["generated image"].update({"fine_detail": fine_detail(self.at_model_size(rgb))})
                 for index, reference in enumerate(batch):
                     members = slice(index * samples_per_reference, (index + 1) * samples_per_reference)
                     if samples_per_reference > 1:
@@ -480,6 +514,7 @@ class _Evaluation:
                 bar.update(len(batch))
         section: dict[str, Any] = {"samples_per_reference": samples_per_reference}
         section["consistency"] = {"rows": mean_rows({"generated RGB vs generated depth": consistency})}
+        section["detail"] = {"rows": mean_rows(detail)}
         if samples_per_reference > 1:
             section["diversity"] = {"rows": mean_rows({"between seeds": diversity})}
         rows = mean_rows({"generated": identity})
@@ -728,6 +763,13 @@ def evaluate(
     return results
 
 
+DETAIL_CAPTION = (
+    "Fine detail at the model's resolution: log10 of the brightness's spectral power at 2–5 px periods over "
+    "12–50 px; the same for a photograph and its generated counterpart means as sharp, each 1 lower means ten "
+    "times less fine detail."
+)
+
+
 def _table(section: Mapping[str, Any]) -> str:
     return format_markdown_table(_labelled(section["rows"]))
 
@@ -798,6 +840,9 @@ def _format_synthetic(results: Mapping[str, Any]) -> str:
             "Geometry consistency: image→depth of the image against the input depth.",
             "",
             _table(section["geometry"]),
+            DETAIL_CAPTION,
+            "",
+            _table(section["detail"]),
         ]
     if "joint" in results:
         section = results["joint"]
@@ -808,6 +853,9 @@ def _format_synthetic(results: Mapping[str, Any]) -> str:
             f"generated RGB against the generated depth, on the generated subject.",
             "",
             _table(section["consistency"]),
+            DETAIL_CAPTION,
+            "",
+            _table(section["detail"]),
         ]
         if "diversity" in section:
             lines += ["Diversity between the seeds of one reference (whole image).", "", _table(section["diversity"])]
