@@ -97,6 +97,54 @@ def test_a_wider_decoder_alone_fine_tunes_into_the_same_latent_space(tmp_path, d
         ship_script.take_decoder(model, second)
 
 
+def test_an_adversarial_decoder_fine_tune_resumes_exactly_with_its_discriminator(tmp_path, data_root, monkeypatch):
+    codec = {
+        "max_steps": 4,
+        "batch_size": 2,
+        "crop_size": 16,
+        "checkpoint_every": 2,
+        "ema_decay": 0.9,
+        "validate_every": 0,
+        "train_encoder": False,
+        "adversarial_weight": 0.1,
+    }
+    section = {"stages": ["codec"], "log_every": 1, "codec": codec}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    uninterrupted = train(_config(tmp_path / "a", data_root, train=section), show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "a" / "run" / "codec" / "logs" / "train.jsonl").open()]
+    assert all(math.isfinite(row["adversarial"]) and 0 <= row["discriminator_accuracy"] <= 1 for row in rows)
+    checkpoint = tmp_path / "a" / "run" / "codec" / "checkpoints" / "checkpoint-00000004"
+    discriminator = load_file(checkpoint / "training_only.safetensors")
+    assert set(discriminator) == set(stages.PatchDiscriminator().state_dict())
+    # The discriminator stays out of the model folder.
+    assert not any("discriminator" in path.name for path in uninterrupted.rglob("*"))
+
+    original_loss = stages.CodecRecipe.loss
+    calls = []
+
+    def killed_in_step_three(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original_loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(stages.CodecRecipe, "loss", killed_in_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path / "b", data_root, train=section), show_progress=False)
+    monkeypatch.setattr(stages.CodecRecipe, "loss", original_loss)
+    resumed_checkpoint = tmp_path / "b" / "run" / "codec" / "checkpoints" / "checkpoint-00000002"
+    (resumed_checkpoint / "training_only.safetensors").rename(tmp_path / "kept.safetensors")
+    with pytest.raises(UserInputError, match="has no training_only.safetensors"):
+        train(_config(tmp_path / "b", data_root, train=section, overrides=["train.resume=latest"]))
+    (tmp_path / "kept.safetensors").rename(resumed_checkpoint / "training_only.safetensors")
+    resumed = train(_config(tmp_path / "b", data_root, train=section, overrides=["train.resume=latest"]))
+
+    assert read_losses(tmp_path / "b" / "run", "codec") == read_losses(tmp_path / "a" / "run", "codec")
+    before, after = (RGBDPortraitModel.from_pretrained(folder).vae for folder in (uninterrupted, resumed))
+    assert all(torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
+
+
 def _load_script(name):
     spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)

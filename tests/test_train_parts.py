@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DDPMScheduler
+from diffusers import AutoencoderKL, DDPMScheduler
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.models.layout import Task
+from rgbd_portrait.models.testing import tiny_vae_config
 from rgbd_portrait.training.checkpointing import (
     CheckpointWriter,
     TrainingState,
@@ -19,7 +20,8 @@ from rgbd_portrait.training.checkpointing import (
     read_training_state,
     restore_process_rng,
 )
-from rgbd_portrait.training.config import JointStageConfig, TaskProbabilities, load_config
+from rgbd_portrait.training.codec_stage import CodecTrainingModule, PatchDiscriminator, codec_loss
+from rgbd_portrait.training.config import CodecStageConfig, JointStageConfig, TaskProbabilities, load_config
 from rgbd_portrait.training.curves import logged_stages, plot_training_curves
 from rgbd_portrait.training.ema import ExponentialMovingAverage
 from rgbd_portrait.training.joint_objective import depth_trust, make_diffusion_inputs
@@ -319,6 +321,30 @@ def test_training_curves_plot_every_logged_stage(tmp_path):
         assert image.format == "PNG" and image.width > image.height > 300
     with pytest.raises(FileNotFoundError, match="no stage has a training log"):
         plot_training_curves(tmp_path / "motion", tmp_path / "none.png")
+
+
+def test_each_adversarial_loss_moves_only_its_own_network():
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**tiny_vae_config())
+    module = CodecTrainingModule(vae, PatchDiscriminator(channels=8))
+    images = torch.rand(4, 3, 16, 16) * 2 - 1  # two RGB images, then two depth images
+    stage = CodecStageConfig(adversarial_weight=1.0)
+    outputs = module(images, torch.Generator().manual_seed(0))
+    _, metrics = codec_loss(outputs, images, stage)
+    assert {"adversarial", "discriminator", "discriminator_accuracy"} <= set(metrics)
+
+    def gradients(term: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        parameters = dict(module.named_parameters())
+        found = torch.autograd.grad(term, list(parameters.values()), retain_graph=True, allow_unused=True)
+        return dict(zip(parameters, found))
+
+    def moved(found: dict, prefix: str) -> bool:
+        return any(g is not None and g.abs().sum() > 0 for name, g in found.items() if name.startswith(prefix))
+
+    decoder_term = -outputs.decoder_logits.mean()
+    discriminator_term = (1 - outputs.real_logits).relu().mean() + (1 + outputs.fake_logits).relu().mean()
+    assert moved(gradients(decoder_term), "vae.decoder") and not moved(gradients(decoder_term), "discriminator")
+    assert moved(gradients(discriminator_term), "discriminator") and not moved(gradients(discriminator_term), "vae")
 
 
 def test_image_to_depth_reference_dropout_drops_only_image_to_depth_references():

@@ -6,6 +6,7 @@ Layout of `<output_dir>/<stage>/checkpoints/checkpoint-00000500/`::
     optimizer.safetensors     optimizer tensors, keyed "<parameter name>/<field>"
     optimizer.json            optimizer hyper-parameters and scalars
     ema.safetensors           EMA weights by parameter name (when EMA is on)
+    training_only.safetensors the stage's training-only network (the codec's discriminator, when it has one)
     rng/rank-<r>.safetensors  torch (and CUDA) generator states of process r
     rng/rank-<r>.json         python and numpy generator states of process r
     training_state.json       stage, step, samples consumed, LR schedule, grad scaler, EMA counters
@@ -36,6 +37,8 @@ from rgbd_portrait.training.seeding import capture_rng_state, restore_rng_state
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "training_state.json"
 MODEL_FOLDER = "model"
+# A stage's network trained beside the model but not part of it (the codec's discriminator).
+TRAINING_ONLY_FILE = "training_only.safetensors"
 
 
 @dataclass
@@ -120,6 +123,7 @@ class CheckpointWriter:
         save_model: Callable[[Path], None],
         optimizer_files: Callable[[], tuple[dict[str, torch.Tensor], dict]],
         ema_tensors: dict[str, torch.Tensor] | None,
+        training_only: dict[str, torch.Tensor] | None = None,
     ) -> Path | None:
         """Write a checkpoint for `state.step`; every process must call this. Returns the folder on rank 0."""
         temporary = self._temporary(state.step)
@@ -143,6 +147,11 @@ class CheckpointWriter:
                         {name: tensor.contiguous() for name, tensor in ema_tensors.items()},
                         temporary / "ema.safetensors",
                     )
+                if training_only is not None:
+                    save_file(
+                        {name: tensor.contiguous() for name, tensor in training_only.items()},
+                        temporary / TRAINING_ONLY_FILE,
+                    )
                 _save_json(temporary / STATE_FILE, asdict(state))
                 replace_folder(temporary, final)
             except BaseException:
@@ -162,18 +171,35 @@ class CheckpointContents:
     optimizer_tensors: dict[str, torch.Tensor]
     optimizer_values: dict
     ema_tensors: dict[str, torch.Tensor] | None
+    training_only_tensors: dict[str, torch.Tensor] | None
 
 
 def read_checkpoint(directory: str | os.PathLike) -> CheckpointContents:
     directory = Path(directory)
     state = read_training_state(directory)
-    ema_path = directory / "ema.safetensors"
+    ema_path, training_only_path = directory / "ema.safetensors", directory / TRAINING_ONLY_FILE
     return CheckpointContents(
         state=state,
         optimizer_tensors=_read_tensors(directory / "optimizer.safetensors"),
         optimizer_values=_read_json(directory / "optimizer.json"),
         ema_tensors=_read_tensors(ema_path) if ema_path.is_file() else None,
+        training_only_tensors=_read_tensors(training_only_path) if training_only_path.is_file() else None,
     )
+
+
+def load_training_only(module: torch.nn.Module, tensors: dict[str, torch.Tensor] | None, *, source: str) -> None:
+    """Load a stage's training-only network (e.g. the codec's discriminator) from its checkpoint tensors,
+    strictly: a checkpoint without them, or with other keys, is refused by name."""
+    if tensors is None:
+        raise UserInputError(f"train.resume: {source} has no {TRAINING_ONLY_FILE}, but this stage trains one")
+    expected = set(module.state_dict())
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        raise UserInputError(
+            f"train.resume: {source}/{TRAINING_ONLY_FILE} does not fit this stage's network "
+            f"(missing: {missing or 'none'}; unexpected: {unexpected or 'none'})"
+        )
+    module.load_state_dict(tensors)
 
 
 def restore_process_rng(directory: str | os.PathLike, rank: int) -> bool:

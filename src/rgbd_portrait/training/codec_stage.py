@@ -5,6 +5,13 @@ batch of images. The loss is an L1 reconstruction, plus `kl_weight` times the KL
 to N(0, I), plus `edge_weight` times an L1 on the image gradients (finite differences): sharp edges without a
 perceptual network and its downloaded weights. Depth images are weighted by `depth_weight`.
 
+With `adversarial_weight` > 0 a small patch discriminator, trained alongside from scratch, judges the RGB
+reconstructions against the images (hinge losses), and the decoder is pushed towards what it calls real: an L1
+loss alone decodes the average of the details a latent could hold, which is a blur. Depth keeps its L1 alone
+(a smooth surface has no texture to invent). Both losses come out of one forward pass and one backward pass: the
+discriminator scores the detached reconstructions for its own loss, and the decoder's term reads the
+discriminator through detached weights, so each loss moves only its own network.
+
 After training, `calibrate_latent_scale` sets the VAE's `scaling_factor` and `shift_factor` so that the
 latents the diffusion stage sees have zero mean and unit variance, as Stable Diffusion's constant does for its
 VAE.
@@ -13,10 +20,12 @@ VAE.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 from diffusers import AutoencoderKL
 from torch import nn
+from torch.func import functional_call
 
 from rgbd_portrait.training.config import CodecStageConfig
 
@@ -34,18 +43,67 @@ def random_crop(images: torch.Tensor, size: int, generator: torch.Generator) -> 
     return images[..., top : top + size, left : left + size]
 
 
-class CodecTrainingModule(nn.Module):
-    """What the codec stage trains (and DDP wraps): the VAE's encode → sample → decode pass."""
+class PatchDiscriminator(nn.Module):
+    """Real-or-decoded logits per patch of (B, 3, H, W) images in [-1, 1], each seeing ~34 px of the image: the
+    scale of skin texture, hair strands and eyelids at 128 px, not the face's layout (the L1 loss keeps that)."""
 
-    def __init__(self, vae: AutoencoderKL):
+    def __init__(self, channels: int = 64):
+        super().__init__()
+
+        def block(inputs: int, outputs: int, stride: int) -> list[nn.Module]:
+            return [
+                nn.Conv2d(inputs, outputs, 4, stride=stride, padding=1),
+                nn.GroupNorm(8, outputs),
+                nn.LeakyReLU(0.2),
+            ]
+
+        self.layers = nn.Sequential(
+            nn.Conv2d(3, channels, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            *block(channels, 2 * channels, 2),
+            *block(2 * channels, 4 * channels, 1),
+            nn.Conv2d(4 * channels, 1, 4, stride=1, padding=1),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.layers(images)
+
+
+class CodecOutputs(NamedTuple):
+    reconstruction: torch.Tensor  # (2B, 3, H, W): RGB then depth, as `codec_images` lays them out
+    kl: torch.Tensor  # (2B,)
+    # With a discriminator: its logits on the RGB images, on the detached RGB reconstructions (its own loss), and
+    # on the reconstructions through its detached weights (the decoder's loss).
+    real_logits: torch.Tensor | None = None
+    fake_logits: torch.Tensor | None = None
+    decoder_logits: torch.Tensor | None = None
+
+
+class CodecTrainingModule(nn.Module):
+    """What the codec stage trains (and DDP wraps): the VAE's encode → sample → decode pass, and the
+    discriminator when there is one (inside the module, so DDP averages its gradients too)."""
+
+    def __init__(self, vae: AutoencoderKL, discriminator: PatchDiscriminator | None = None):
         super().__init__()
         self.vae = vae
+        self.discriminator = discriminator
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reconstructions of `images` and the per-image KL divergence of their posteriors."""
+    def forward(self, images: torch.Tensor, generator: torch.Generator) -> CodecOutputs:
+        """Reconstructions of `images` (laid out by `codec_images`), the per-image KL divergence of their
+        posteriors, and the discriminator's logits on the RGB half."""
         posterior = self.vae.encode(images).latent_dist
         reconstruction = self.vae.decode(posterior.sample(generator=generator)).sample
-        return reconstruction, posterior.kl()
+        if self.discriminator is None:
+            return CodecOutputs(reconstruction, posterior.kl())
+        rgb = images.shape[0] // 2
+        frozen = {name: parameter.detach() for name, parameter in self.discriminator.named_parameters()}
+        return CodecOutputs(
+            reconstruction,
+            posterior.kl(),
+            real_logits=self.discriminator(images[:rgb]),
+            fake_logits=self.discriminator(reconstruction[:rgb].detach()),
+            decoder_logits=functional_call(self.discriminator, frozen, (reconstruction[:rgb],)),
+        )
 
 
 def image_gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,9 +111,10 @@ def image_gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def codec_loss(
-    reconstruction: torch.Tensor, target: torch.Tensor, kl: torch.Tensor, stage: CodecStageConfig
+    outputs: CodecOutputs, target: torch.Tensor, stage: CodecStageConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The stage's loss for a batch laid out by `codec_images` (first half RGB, second half depth)."""
+    reconstruction, kl = outputs.reconstruction, outputs.kl
     batch = target.shape[0] // 2
     weights = torch.cat([torch.ones(batch), torch.full((batch,), stage.depth_weight)]).to(target)
     per_image_l1 = (reconstruction - target).abs().flatten(1).mean(1)
@@ -73,6 +132,20 @@ def codec_loss(
         )
         loss = loss + stage.edge_weight * edge_term
         metrics["edge_l1"] = edge_term.detach()
+    if outputs.decoder_logits is not None:
+        decoder_term = -outputs.decoder_logits.mean()
+        discriminator_term = (1 - outputs.real_logits).relu().mean() + (1 + outputs.fake_logits).relu().mean()
+        loss = loss + stage.adversarial_weight * decoder_term + discriminator_term
+        metrics |= {
+            "adversarial": decoder_term.detach(),
+            "discriminator": discriminator_term.detach(),
+            # Above 0.5 the discriminator tells the decoder's images from the real ones.
+            "discriminator_accuracy": torch.cat(
+                [(outputs.real_logits > 0).flatten(), (outputs.fake_logits < 0).flatten()]
+            )
+            .float()
+            .mean(),
+        }
     return loss, metrics
 
 

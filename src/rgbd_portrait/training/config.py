@@ -122,6 +122,9 @@ class CodecStageConfig(StageConfig):
     # The decoder's channels as a multiple of the encoder's, at least: a start model with a narrower decoder has
     # it widened before training, computing what it computed (`models.autoencoder.widen_decoder`).
     decoder_width: int = 1
+    # Weight of the decoder's adversarial loss against a patch discriminator trained alongside (0 = none): sharper
+    # RGB than an L1 loss gives (`codec_stage`). Meant for decoder-only fine-tuning (train_encoder: false).
+    adversarial_weight: float = 0.0
 
 
 @dataclass
@@ -375,7 +378,7 @@ def check_config(config: ExperimentConfig, *, source: str = "config") -> None:
     for name in STAGES:
         _check_stage(config.stage(name), name, source)
     codec = train.codec
-    for weight in ("kl_weight", "edge_weight", "depth_weight"):
+    for weight in ("kl_weight", "edge_weight", "depth_weight", "adversarial_weight"):
         value = getattr(codec, weight)
         _require(value >= 0, source, f"train.codec.{weight} must be >= 0, got {value}")
     _require(

@@ -324,6 +324,7 @@ class LatentClipSamples(Dataset):
 
 class MotionRecipe:
     name = "motion"
+    training_only = None
 
     def __init__(self, model: RGBDPortraitModel, stage: MotionStageConfig, *, uses_latents: bool = False):
         if model.motion is None:

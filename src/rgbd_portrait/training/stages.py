@@ -5,6 +5,7 @@
   diffusion objective on latents of the frozen VAE (`joint_objective`), from images or cached latents.
 
 A recipe's `module` is what Accelerate wraps for data parallelism; `loss` must call that (wrapped) module.
+Its `training_only` network (or None) is part of `module` and trained with it, but kept only in checkpoints.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rgbd_portrait.models.layout import join_modalities
 from rgbd_portrait.models.rgbd_model import RGBDPortraitModel
 from rgbd_portrait.training.codec_stage import (
     CodecTrainingModule,
+    PatchDiscriminator,
     calibrate_latent_scale,
     codec_images,
     codec_loss,
@@ -36,6 +38,7 @@ from rgbd_portrait.training.joint_objective import (
     make_diffusion_inputs,
     weighted_mse,
 )
+from rgbd_portrait.training.seeding import derive_seed
 from rgbd_portrait.training.validation import validate_codec, validate_joint
 
 Batch = dict[str, torch.Tensor]
@@ -60,10 +63,13 @@ def check_stage_settings(config: ExperimentConfig, model: RGBDPortraitModel, *, 
 
 
 class CodecRecipe:
+    """`training_only` is the discriminator, when the stage has one: trained and checkpointed, never saved with
+    the model."""
+
     name = "codec"
     uses_latents = False
 
-    def __init__(self, model: RGBDPortraitModel, stage: CodecStageConfig):
+    def __init__(self, model: RGBDPortraitModel, stage: CodecStageConfig, *, seed: int):
         if stage.decoder_width > decoder_width(model.vae):
             model.codec.vae = widen_decoder(model.vae, stage.decoder_width)
         model.denoiser.requires_grad_(False)
@@ -74,7 +80,12 @@ class CodecRecipe:
                     part.requires_grad_(False)
         self.model = model
         self.stage = stage
-        self.module = CodecTrainingModule(model.vae)
+        self.training_only = None
+        if stage.adversarial_weight > 0:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derive_seed(seed, "codec", "discriminator"))
+                self.training_only = PatchDiscriminator().to(model.vae.device)
+        self.module = CodecTrainingModule(model.vae, self.training_only)
 
     def enable_gradient_checkpointing(self) -> None:
         self.model.vae.enable_gradient_checkpointing()
@@ -83,8 +94,7 @@ class CodecRecipe:
         images = codec_images(batch)
         if self.stage.crop_size is not None:
             images = random_crop(images, self.stage.crop_size, generator)
-        reconstruction, kl = module(images, generator)
-        return codec_loss(reconstruction, images, kl, self.stage)
+        return codec_loss(module(images, generator), images, self.stage)
 
     def validate(self, batch: Batch, path: Path) -> dict[str, float]:
         return validate_codec(self.model.vae, batch, path)
@@ -105,6 +115,7 @@ class CodecRecipe:
 
 class JointRecipe:
     name = "joint"
+    training_only = None
 
     def __init__(self, model: RGBDPortraitModel, stage: JointStageConfig, *, uses_latents: bool):
         model.vae.requires_grad_(False)

@@ -44,6 +44,7 @@ from rgbd_portrait.training.checkpointing import (
     CheckpointWriter,
     TrainingState,
     list_checkpoints,
+    load_training_only,
     read_checkpoint,
     read_training_state,
     restore_process_rng,
@@ -365,7 +366,7 @@ class Trainer:
         config, folders, accelerator = self.config, self.folders, self.accelerator
         stage = config.stage(name)
         if name == "codec":
-            recipe = CodecRecipe(model, stage)
+            recipe = CodecRecipe(model, stage, seed=seed)
         elif name == "joint":
             recipe = JointRecipe(model, stage, uses_latents=config.data.cache_latents)
         else:
@@ -387,6 +388,8 @@ class Trainer:
         if checkpoint is not None:
             contents = read_checkpoint(checkpoint)
             state = contents.state
+            if recipe.training_only is not None:
+                load_training_only(recipe.training_only, contents.training_only_tensors, source=str(checkpoint))
             load_optimizer_state(
                 optimizer, named, contents.optimizer_tensors, contents.optimizer_values, source=str(checkpoint)
             )
@@ -446,6 +449,7 @@ class Trainer:
                 save_model=lambda path: model.save_pretrained(path),
                 optimizer_files=lambda: optimizer_state_to_files(optimizer, named),
                 ema_tensors=ema.shadow if ema is not None else None,
+                training_only=recipe.training_only.state_dict() if recipe.training_only is not None else None,
             )
 
         def validate() -> None:
