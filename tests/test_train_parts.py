@@ -20,7 +20,13 @@ from rgbd_portrait.training.checkpointing import (
     read_training_state,
     restore_process_rng,
 )
-from rgbd_portrait.training.codec_stage import CodecTrainingModule, PatchDiscriminator, codec_loss
+from rgbd_portrait.training.codec_stage import (
+    CONFIDENT_ACCURACY,
+    CodecOutputs,
+    CodecTrainingModule,
+    PatchDiscriminator,
+    codec_loss,
+)
 from rgbd_portrait.training.config import CodecStageConfig, JointStageConfig, TaskProbabilities, load_config
 from rgbd_portrait.training.curves import logged_stages, plot_training_curves
 from rgbd_portrait.training.ema import ExponentialMovingAverage
@@ -330,7 +336,9 @@ def test_each_adversarial_loss_moves_only_its_own_network():
     images = torch.rand(4, 3, 16, 16) * 2 - 1  # two RGB images, then two depth images
     stage = CodecStageConfig(adversarial_weight=1.0)
     outputs = module(images, torch.Generator().manual_seed(0))
-    _, metrics = codec_loss(outputs, images, stage)
+    with pytest.raises(ValueError, match="last layer"):
+        codec_loss(outputs, images, stage)
+    _, metrics = codec_loss(outputs, images, stage, last_layer=vae.decoder.conv_out.weight)
     assert {"adversarial", "discriminator", "discriminator_accuracy"} <= set(metrics)
 
     def gradients(term: torch.Tensor) -> dict[str, torch.Tensor | None]:
@@ -345,6 +353,30 @@ def test_each_adversarial_loss_moves_only_its_own_network():
     discriminator_term = (1 - outputs.real_logits).relu().mean() + (1 + outputs.fake_logits).relu().mean()
     assert moved(gradients(decoder_term), "vae.decoder") and not moved(gradients(decoder_term), "discriminator")
     assert moved(gradients(discriminator_term), "discriminator") and not moved(gradients(discriminator_term), "vae")
+
+
+def test_the_decoder_follows_the_discriminator_as_far_as_it_tells_decoded_from_real():
+    last_layer = torch.ones(2, requires_grad=True)
+    reconstruction = last_layer.sum() * torch.ones(4, 3, 8, 8)  # two RGB images, then two depth images
+    target = torch.zeros(4, 3, 8, 8)
+    stage = CodecStageConfig(adversarial_weight=0.5)
+
+    def scale(real: float, fake: float | list[float]) -> float:
+        outputs = CodecOutputs(
+            reconstruction,
+            torch.zeros(4),
+            real_logits=torch.full((2, 1, 2, 2), real),
+            fake_logits=torch.tensor(fake).expand(8).reshape(2, 1, 2, 2),
+            decoder_logits=-3 * reconstruction[:2, :1].mean((2, 3), keepdim=True),
+        )
+        return codec_loss(outputs, target, stage, last_layer=last_layer)[1]["adversarial_scale"].item()
+
+    assert scale(1.0, 1.0) == 0  # accuracy 0.5: chance
+    # Full accuracy: the decoder term's gradient at the last layer (3 per weight) is scaled to 0.5 times the L1's (1).
+    assert scale(1.0, -1.0) == pytest.approx(0.5 / 3, rel=1e-3)
+    # Accuracy 0.625 (every real patch, 2 of 8 decoded ones), half way to CONFIDENT_ACCURACY: half of that.
+    assert CONFIDENT_ACCURACY == 0.75
+    assert scale(1.0, [-1.0] * 2 + [1.0] * 6) == pytest.approx(0.25 / 3, rel=1e-3)
 
 
 def test_image_to_depth_reference_dropout_drops_only_image_to_depth_references():

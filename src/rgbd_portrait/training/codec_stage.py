@@ -10,7 +10,10 @@ reconstructions against the images (hinge losses), and the decoder is pushed tow
 loss alone decodes the average of the details a latent could hold, which is a blur. Depth keeps its L1 alone
 (a smooth surface has no texture to invent). Both losses come out of one forward pass and one backward pass: the
 discriminator scores the detached reconstructions for its own loss, and the decoder's term reads the
-discriminator through detached weights, so each loss moves only its own network.
+discriminator through detached weights, so each loss moves only its own network. The decoder's term is scaled
+as in VQGAN (Esser et al. 2021): to the reconstruction loss's gradient norm at the decoder's last layer, times
+`adversarial_weight`; and it is gated by the discriminator's accuracy on the batch, from nothing at chance to
+full at `CONFIDENT_ACCURACY`: a discriminator that cannot yet tell decoded from real gives the decoder noise.
 
 After training, `calibrate_latent_scale` sets the VAE's `scaling_factor` and `shift_factor` so that the
 latents the diffusion stage sees have zero mean and unit variance, as Stable Diffusion's constant does for its
@@ -110,10 +113,16 @@ def image_gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return images[..., :, 1:] - images[..., :, :-1], images[..., 1:, :] - images[..., :-1, :]
 
 
+# The discriminator's batch accuracy from which the decoder takes its full adversarial term (none at 0.5).
+CONFIDENT_ACCURACY = 0.75
+
+
 def codec_loss(
-    outputs: CodecOutputs, target: torch.Tensor, stage: CodecStageConfig
+    outputs: CodecOutputs, target: torch.Tensor, stage: CodecStageConfig, *, last_layer: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The stage's loss for a batch laid out by `codec_images` (first half RGB, second half depth)."""
+    """The stage's loss for a batch laid out by `codec_images` (first half RGB, second half depth).
+
+    `last_layer` (the decoder's output weight) scales the adversarial term, when `outputs` has one."""
     reconstruction, kl = outputs.reconstruction, outputs.kl
     batch = target.shape[0] // 2
     weights = torch.cat([torch.ones(batch), torch.full((batch,), stage.depth_weight)]).to(target)
@@ -133,18 +142,23 @@ def codec_loss(
         loss = loss + stage.edge_weight * edge_term
         metrics["edge_l1"] = edge_term.detach()
     if outputs.decoder_logits is not None:
+        if last_layer is None:
+            raise ValueError("codec_loss: the adversarial term needs the decoder's last layer")
         decoder_term = -outputs.decoder_logits.mean()
         discriminator_term = (1 - outputs.real_logits).relu().mean() + (1 + outputs.fake_logits).relu().mean()
-        loss = loss + stage.adversarial_weight * decoder_term + discriminator_term
+        accuracy = torch.cat([(outputs.real_logits > 0).flatten(), (outputs.fake_logits < 0).flatten()]).float().mean()
+        (reconstruction_gradient,) = torch.autograd.grad(loss, last_layer, retain_graph=True)
+        (adversarial_gradient,) = torch.autograd.grad(decoder_term, last_layer, retain_graph=True)
+        balance = (reconstruction_gradient.norm() / (adversarial_gradient.norm() + 1e-4)).clamp(max=1e4)
+        gate = ((accuracy - 0.5) / (CONFIDENT_ACCURACY - 0.5)).clamp(0, 1)
+        adversarial_scale = (stage.adversarial_weight * balance * gate).detach()
+        loss = loss + adversarial_scale * decoder_term + discriminator_term
         metrics |= {
             "adversarial": decoder_term.detach(),
+            "adversarial_scale": adversarial_scale,
             "discriminator": discriminator_term.detach(),
             # Above 0.5 the discriminator tells the decoder's images from the real ones.
-            "discriminator_accuracy": torch.cat(
-                [(outputs.real_logits > 0).flatten(), (outputs.fake_logits < 0).flatten()]
-            )
-            .float()
-            .mean(),
+            "discriminator_accuracy": accuracy,
         }
     return loss, metrics
 

@@ -94,7 +94,9 @@ class CodecRecipe:
         images = codec_images(batch)
         if self.stage.crop_size is not None:
             images = random_crop(images, self.stage.crop_size, generator)
-        return codec_loss(module(images, generator), images, self.stage)
+        return codec_loss(
+            module(images, generator), images, self.stage, last_layer=self.model.vae.decoder.conv_out.weight
+        )
 
     def validate(self, batch: Batch, path: Path) -> dict[str, float]:
         return validate_codec(self.model.vae, batch, path)
