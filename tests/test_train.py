@@ -32,6 +32,23 @@ def _config(tmp_path, data_root, *, train=None, overrides=()):
     return load_config(path, list(overrides))
 
 
+def _train_until_interrupted(monkeypatch, recipe, config, *, loss_call):
+    """Train `config` with Ctrl-C pressed inside the `loss_call`-th call of `recipe`'s loss."""
+    original_loss = recipe.loss
+    calls = []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == loss_call:
+            raise KeyboardInterrupt
+        return original_loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(recipe, "loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, show_progress=False)
+    monkeypatch.setattr(recipe, "loss", original_loss)
+
+
 def test_losses_fall_by_half_on_eight_samples(tmp_path, data_root):
     config = _config(
         tmp_path,
@@ -120,19 +137,9 @@ def test_an_adversarial_decoder_fine_tune_resumes_exactly_with_its_discriminator
     # The discriminator stays out of the model folder.
     assert not any("discriminator" in path.name for path in uninterrupted.rglob("*"))
 
-    original_loss = stages.CodecRecipe.loss
-    calls = []
-
-    def killed_in_step_three(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original_loss(self, *args, **kwargs)
-
-    monkeypatch.setattr(stages.CodecRecipe, "loss", killed_in_step_three)
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(tmp_path / "b", data_root, train=section), show_progress=False)
-    monkeypatch.setattr(stages.CodecRecipe, "loss", original_loss)
+    _train_until_interrupted(
+        monkeypatch, stages.CodecRecipe, _config(tmp_path / "b", data_root, train=section), loss_call=3
+    )
     resumed_checkpoint = tmp_path / "b" / "run" / "codec" / "checkpoints" / "checkpoint-00000002"
     (resumed_checkpoint / "training_only.safetensors").rename(tmp_path / "kept.safetensors")
     with pytest.raises(UserInputError, match="has no training_only.safetensors"):
@@ -180,20 +187,9 @@ def test_resume_continues_the_loss_trajectory_exactly(tmp_path, data_root, monke
     interrupted.mkdir()
     train(_resume_config(uninterrupted, data_root), show_progress=False)
 
-    original_loss = stages.JointRecipe.loss
-    calls = []
-
-    def killed_in_step_five(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 9:  # two micro-batches per step: the first of step 5
-            raise KeyboardInterrupt
-        return original_loss(self, *args, **kwargs)
-
-    monkeypatch.setattr(stages.JointRecipe, "loss", killed_in_step_five)
-    with pytest.raises(KeyboardInterrupt):
-        train(_resume_config(interrupted, data_root), show_progress=False)
+    # Two micro-batches per step: the ninth loss is the first of step 5.
+    _train_until_interrupted(monkeypatch, stages.JointRecipe, _resume_config(interrupted, data_root), loss_call=9)
     assert len(read_losses(interrupted / "run", "joint")) == 4
-    monkeypatch.setattr(stages.JointRecipe, "loss", original_loss)
     with pytest.raises(UserInputError, match="train.seed: 1, but .*checkpoint-00000003 was trained with seed 0"):
         train(_resume_config(interrupted, data_root, overrides=["train.resume=latest", "train.seed=1"]))
     train(_resume_config(interrupted, data_root, overrides=["train.resume=latest"]), show_progress=False)
@@ -211,24 +207,11 @@ def test_resume_continues_the_loss_trajectory_exactly(tmp_path, data_root, monke
 
 def test_a_run_stopped_before_its_first_log_row_can_end_at_its_checkpoint(tmp_path, data_root, monkeypatch):
     section = {"stages": ["joint"], "log_every": 10, "joint": {"max_steps": 6, "batch_size": 2, "checkpoint_every": 3}}
-    original_loss = stages.JointRecipe.loss
-    calls = []
-
-    def killed_in_step_four(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return original_loss(self, *args, **kwargs)
-
-    monkeypatch.setattr(stages.JointRecipe, "loss", killed_in_step_four)
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(tmp_path, data_root, train=section), show_progress=False)
-    monkeypatch.setattr(stages.JointRecipe, "loss", original_loss)
+    _train_until_interrupted(monkeypatch, stages.JointRecipe, _config(tmp_path, data_root, train=section), loss_call=4)
     assert not (tmp_path / "run" / "joint" / "logs" / "train.jsonl").exists()
     # Resumed with max_steps at the checkpoint's step: nothing left to train, the final model is written all the same.
     overrides = ["train.resume=latest", "train.joint.max_steps=3"]
     final = train(_config(tmp_path, data_root, train=section, overrides=overrides), show_progress=False)
-    assert len(calls) == 4
     checkpoint = tmp_path / "run" / "joint" / "checkpoints" / "checkpoint-00000003" / "model"
     weights = [load_file(folder / "backbone" / "diffusion_pytorch_model.safetensors") for folder in (final, checkpoint)]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
