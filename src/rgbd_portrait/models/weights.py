@@ -51,11 +51,9 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise UserInputError(f"{path}: corrupt or truncated safetensors file ({_first_line(error)})") from error
 
 
-def assign_weights(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
-    """Give `module` exactly the tensors of `state_dict` (no copy), after checking keys and shapes.
-
-    `source` names where the weights come from (a file, usually) in the error message.
-    """
+def check_weights(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Refuse `state_dict` for `module` unless its keys and shapes are exactly the module's, naming the missing
+    and unexpected keys or the first wrong shape. `source` names where the weights come from (a file, usually)."""
     expected = module.state_dict()
     missing = set(expected) - set(state_dict)
     unexpected = set(state_dict) - set(expected)
@@ -71,6 +69,11 @@ def assign_weights(module: torch.nn.Module, state_dict: Mapping[str, torch.Tenso
             raise UserInputError(
                 f"{source}: {key} has shape {tuple(state_dict[key].shape)}, the model expects {tuple(tensor.shape)}"
             )
+
+
+def assign_weights(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Give `module` exactly the tensors of `state_dict` (no copy), after `check_weights`."""
+    check_weights(module, state_dict, source=source)
     module.load_state_dict(state_dict, strict=True, assign=True)
 
 

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from rgbd_portrait.errors import UserInputError
 from rgbd_portrait.files import replace_folder
+from rgbd_portrait.models.weights import check_weights
 from rgbd_portrait.training.seeding import capture_rng_state, restore_rng_state
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -189,16 +190,11 @@ def read_checkpoint(directory: str | os.PathLike) -> CheckpointContents:
 
 def load_training_only(module: torch.nn.Module, tensors: dict[str, torch.Tensor] | None, *, source: str) -> None:
     """Load a stage's training-only network (e.g. the codec's discriminator) from its checkpoint tensors,
-    strictly: a checkpoint without them, or with other keys, is refused by name."""
+    strictly: a checkpoint without them, or with other keys or shapes, is refused by name. Copied into the
+    module's own parameters, which the optimizer already holds."""
     if tensors is None:
         raise UserInputError(f"train.resume: {source} has no {TRAINING_ONLY_FILE}, but this stage trains one")
-    expected = set(module.state_dict())
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-    if missing or unexpected:
-        raise UserInputError(
-            f"train.resume: {source}/{TRAINING_ONLY_FILE} does not fit this stage's network "
-            f"(missing: {missing or 'none'}; unexpected: {unexpected or 'none'})"
-        )
+    check_weights(module, tensors, source=f"train.resume: {source}/{TRAINING_ONLY_FILE}")
     module.load_state_dict(tensors)
 
 
